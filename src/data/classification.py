@@ -1,0 +1,96 @@
+"""DataModule for image classification from image lists or ImageFolder trees (real data or the retail world)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from src.data.datasets import ImageDataset, collate_skip_none
+from src.data.readers import DataFormatError, read_samples
+
+log = logging.getLogger(__name__)
+
+
+class ImageClassificationDataModule(L.LightningDataModule):
+    """`source` provides `prepare()` and `root`; `train`/`val`/`test` are list files (or folders) relative to it.
+    `sampler` is an optional callable `dataset -> Sampler` (e.g. class-balanced), used for training only."""
+
+    def __init__(
+        self,
+        source,
+        train: str,
+        val: str,
+        test: str | None = None,
+        fmt: str = "image_list",
+        num_classes: int | None = None,
+        image_size: int | None = None,
+        train_transform: Callable | None = None,
+        eval_transform: Callable | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        sampler: Callable | None = None,
+        on_error: str = "skip",
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.paths = {"train": train, "val": val, "test": test or val}
+        self.fmt = fmt
+        self.num_classes = num_classes
+        self.image_size = image_size  # transform configs interpolate it; kept for reports and exports
+        self.train_transform, self.eval_transform = train_transform, eval_transform
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.sampler_factory = sampler
+        self.on_error = on_error
+        self.pin_memory = pin_memory
+        self.datasets: dict[str, ImageDataset] = {}
+
+    def prepare_data(self) -> None:
+        self.source.prepare()
+
+    def _dataset(self, split: str) -> ImageDataset:
+        path = self.source.root / self.paths[split]
+        samples = read_samples(self.fmt, path, self.source.root)
+        if self.num_classes is not None:
+            bad = [s for s in samples if s.label >= self.num_classes]
+            if bad:
+                raise DataFormatError(
+                    f"{path}: label {bad[0].label} of {bad[0].uid} is >= data.num_classes={self.num_classes}")
+        transform = self.train_transform if split == "train" else self.eval_transform
+        return ImageDataset(samples, transform, on_error=self.on_error)
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in wanted.get(stage, ("train", "val", "test")):
+            if split not in self.datasets:
+                self.datasets[split] = self._dataset(split)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        ds = self.datasets[split]
+        sampler = self.sampler_factory(ds) if (split == "train" and self.sampler_factory) else None
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate_skip_none,
+            pin_memory=self.pin_memory,
+            drop_last=split == "train" and len(ds) > self.batch_size,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,164 @@
+"""Write the retail world to disk in the formats real datasets come in, once per parameter set.
+
+Layout under `<root>/<tag>/` (tag = version + hash of the spec, so other parameters never reuse stale files):
+  images/{train,val,gallery,query,catalogue}/*.jpg   product crops with their natural aspect ratio
+  images/scenes/{train,val}/*.jpg                     checkout-counter scenes
+  lists/{train,val,gallery,query,catalogue}.txt       `relative/path label unique_id` (PaddleClas / AliProducts)
+  lists/category_{train,val}.txt                      same images, product-category labels
+  annotations/scenes_{train,val}.json                 COCO detection JSON (+ sku_id per annotation)
+  catalogue.json                                      SKU metadata (name, category, price, ...)
+  spec.json, DONE                                     the parameters; DONE is written last
+SKU ids [0, num_train_skus) are training identities; the rest are never seen in training (open-set gallery
+and queries). Same spec, same bytes: every image draws from its own RNG seeded by (seed, kind, index).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from src.data.retail_world import photometric as ph
+from src.data.retail_world.catalogue import CATEGORIES, make_catalogue
+from src.data.retail_world.scenes import counter_scene
+from src.data.retail_world.views import gallery_view, wild_view
+
+log = logging.getLogger(__name__)
+GENERATOR_VERSION = 1
+_KIND = {"train": 1, "val": 2, "gallery": 3, "query": 4, "catalogue": 5, "scene_train": 6, "scene_val": 7}
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    seed: int = 0
+    num_families: int = 40
+    variants_per_family: int = 2
+    num_train_skus: int = 56
+    view_width: int = 64
+    train_views: int = 10
+    val_views: int = 3
+    gallery_views: int = 2
+    query_views: int = 5
+    scene_size: tuple[int, int] = (240, 320)  # (h, w)
+    train_scenes: int = 60
+    val_scenes: int = 20
+
+    def __post_init__(self) -> None:
+        n = self.num_families * self.variants_per_family
+        if not 0 < self.num_train_skus < n:
+            raise ValueError(f"num_train_skus must be in (0, {n}), got {self.num_train_skus}")
+        if self.num_train_skus % self.variants_per_family:
+            raise ValueError("num_train_skus must be a multiple of variants_per_family (whole families per split)")
+
+    @property
+    def tag(self) -> str:
+        blob = json.dumps({"version": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)
+        return f"v{GENERATOR_VERSION}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+def _rng(spec: WorldSpec, kind: str, idx: int) -> np.random.Generator:
+    return np.random.default_rng([spec.seed, _KIND[kind], idx])
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _write_views(out: Path, spec: WorldSpec, skus, split: str, n_views: int, clean: bool, label_of) -> list[str]:
+    lines = []
+    for sku in skus:
+        for k in range(n_views):
+            rng = _rng(spec, split, sku.sku_id * 1000 + k)
+            img = gallery_view(sku, spec.view_width, rng) if clean else wild_view(sku, spec.view_width, rng)
+            rel = f"images/{split}/{sku.sku_id:04d}_{k:02d}.jpg"
+            _write(out / rel, ph.jpeg_bytes(img, 95 if clean else 90))
+            lines.append(f"{rel} {label_of(sku)} {split}_{sku.sku_id:04d}_{k:02d}")
+    return lines
+
+
+def _coco(out: Path, spec: WorldSpec, skus, split: str, n: int) -> dict:
+    images, annotations = [], []
+    cat_id = {c: i + 1 for i, c in enumerate(CATEGORIES)}
+    h, w = spec.scene_size
+    for i in range(n):
+        img, objects = counter_scene(skus, (h, w), _rng(spec, f"scene_{split}", i))
+        rel = f"images/scenes/{split}/{i:05d}.jpg"
+        _write(out / rel, ph.jpeg_bytes(img, 92))
+        images.append({"id": i + 1, "file_name": rel, "height": h, "width": w})
+        for obj in objects:
+            x, y, bw, bh = obj["bbox"]
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": cat_id[obj["category"]],
+                    "bbox": [float(x), float(y), float(bw), float(bh)],
+                    "area": float(bw * bh),
+                    "iscrowd": 0,
+                    "sku_id": obj["sku_id"],
+                }
+            )
+    categories = [{"id": i, "name": c, "supercategory": "product"} for c, i in cat_id.items()]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def generate_world(spec: WorldSpec, out: Path) -> None:
+    skus = make_catalogue(spec.num_families, spec.variants_per_family, spec.seed)
+    train_skus, unseen = skus[: spec.num_train_skus], skus[spec.num_train_skus :]
+    cat_index = {c: i for i, c in enumerate(CATEGORIES)}
+    lists = {
+        "train": _write_views(out, spec, train_skus, "train", spec.train_views, False, lambda s: s.sku_id),
+        "val": _write_views(out, spec, train_skus, "val", spec.val_views, False, lambda s: s.sku_id),
+        "gallery": _write_views(out, spec, unseen, "gallery", spec.gallery_views, True, lambda s: s.sku_id),
+        "query": _write_views(out, spec, unseen, "query", spec.query_views, False, lambda s: s.sku_id),
+        "catalogue": _write_views(out, spec, skus, "catalogue", 1, True, lambda s: s.sku_id),
+    }
+    by_id = {s.sku_id: s for s in skus}
+    for split in ("train", "val"):
+        lists[f"category_{split}"] = [
+            " ".join([p, str(cat_index[by_id[int(lbl)].category]), uid])
+            for p, lbl, uid in (line.split() for line in lists[split])
+        ]
+    for name, lines in lists.items():
+        _write(out / "lists" / f"{name}.txt", ("\n".join(lines) + "\n").encode())
+    for split, n in (("train", spec.train_scenes), ("val", spec.val_scenes)):
+        coco = _coco(out, spec, skus, split, n)
+        _write(out / "annotations" / f"scenes_{split}.json", json.dumps(coco, indent=1).encode())
+    meta = {"categories": list(CATEGORIES), "num_train_skus": spec.num_train_skus, "skus": [s.to_dict() for s in skus]}
+    _write(out / "catalogue.json", json.dumps(meta, indent=1).encode())
+    _write(out / "spec.json", json.dumps(asdict(spec), indent=1, sort_keys=True).encode())
+
+
+def ensure_world(root: str | os.PathLike, spec: WorldSpec | None = None, **overrides) -> Path:
+    """Generate the world under `root` unless a complete copy for this spec exists; return its directory.
+    Generation happens in a temporary sibling directory that is renamed into place, so an interrupted run
+    never leaves a half-written dataset that looks complete."""
+    spec = spec or WorldSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    root = Path(root)
+    target = root / spec.tag
+    if (target / "DONE").exists():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.tag}-", dir=root))
+    try:
+        log.info("Generating retail world %s into %s", spec.tag, target)
+        generate_world(spec, tmp)
+        (tmp / "DONE").write_text("ok\n")
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            # Another process finished first (directory exists and is not empty): keep theirs.
+            if not (target / "DONE").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

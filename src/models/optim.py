@@ -1,0 +1,19 @@
+"""Completing optimizer/scheduler partials from config inside `configure_optimizers`."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import lightning as L
+
+
+def configure(module: L.LightningModule, optimizer: Callable, scheduler: Callable | None,
+              params: Iterable | None = None) -> dict:
+    """`optimizer(params)` and `scheduler(optimizer, total_steps=...)` stepped every optimizer step.
+    `params` may be parameter groups (e.g. different learning rates for backbone and head)."""
+    opt = optimizer(params if params is not None else [p for p in module.parameters() if p.requires_grad])
+    if scheduler is None:
+        return {"optimizer": opt}
+    total = module.trainer.estimated_stepping_batches
+    sched = scheduler(opt, total_steps=total)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}

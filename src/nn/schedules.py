@@ -1,0 +1,38 @@
+"""Learning-rate schedules stepped once per optimizer step (interval='step')."""
+
+from __future__ import annotations
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup_steps: int | None = None,
+                  warmup_ratio: float = 0.05, min_lr_ratio: float = 0.01) -> LambdaLR:
+    """Linear warmup from ~0 to each group's lr, then cosine decay to `min_lr_ratio` of it at `total_steps`."""
+    total_steps = max(1, int(total_steps))
+    warm = int(warmup_steps) if warmup_steps is not None else int(round(warmup_ratio * total_steps))
+    warm = min(max(warm, 0), total_steps - 1)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
+
+
+def warmup_step(optimizer: Optimizer, total_steps: int, milestones_ratio: tuple[float, ...] = (0.6, 0.85),
+                gamma: float = 0.1, warmup_steps: int = 0) -> LambdaLR:
+    """Linear warmup, then multiply by `gamma` at each milestone (given as fractions of training)."""
+    total_steps = max(1, int(total_steps))
+    milestones = [int(r * total_steps) for r in milestones_ratio]
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return gamma ** sum(step >= m for m in milestones)
+
+    return LambdaLR(optimizer, factor)

@@ -1,0 +1,63 @@
+"""Self-contained checkpoints: the resolved Hydra config travels inside every Lightning checkpoint, so
+eval/embed/detect/recognize rebuild the exact model from the .ckpt alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_KEY = "hydra_config"
+
+
+class StoreConfigInCheckpoint(L.Callback):
+    def __init__(self, cfg: DictConfig) -> None:
+        self.config = OmegaConf.to_container(cfg, resolve=True)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CONFIG_KEY] = self.config
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    # Our own Lightning checkpoints hold plain containers; weights_only=True still loads them safely.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def config_from_checkpoint(path: str | Path) -> DictConfig:
+    ckpt = read_checkpoint(path)
+    if CONFIG_KEY not in ckpt:
+        raise KeyError(f"{path}: no '{CONFIG_KEY}' in checkpoint (not written by src.train?)")
+    return OmegaConf.create(ckpt[CONFIG_KEY])
+
+
+def load_system(path: str | Path, model_overrides: dict | None = None) -> tuple[L.LightningModule, DictConfig]:
+    """Instantiate the LightningModule described by the checkpoint's config and load its weights (eval mode)."""
+    ckpt = read_checkpoint(path)
+    if CONFIG_KEY not in ckpt:
+        raise KeyError(f"{path}: no '{CONFIG_KEY}' in checkpoint (not written by src.train?)")
+    cfg = OmegaConf.create(ckpt[CONFIG_KEY])
+    model_cfg = cfg.model
+    if model_overrides:
+        model_cfg = OmegaConf.merge(model_cfg, model_overrides)
+    # A checkpoint must not trigger a pretrained-weight download: its weights come from the file.
+    for node in _find_pretrained(model_cfg):
+        node.pretrained = False
+    system = instantiate(model_cfg)
+    system.load_state_dict(ckpt["state_dict"])
+    system.eval()
+    return system, cfg
+
+
+def _find_pretrained(node):
+    if isinstance(node, DictConfig):
+        if "pretrained" in node and "_target_" in node:
+            yield node
+        for v in node.values():
+            yield from _find_pretrained(v) if isinstance(v, DictConfig) else ()
