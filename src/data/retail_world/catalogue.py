@@ -66,16 +66,21 @@ def make_catalogue(num_families: int, variants_per_family: int, seed: int) -> li
         for v in range(variants_per_family):
             if v > 0:
                 # Look-alike: either a new accent colour or a new flavour word, never both.
+                # Redraw until it really differs: two SKUs must never be pixel-identical.
                 if rng.random() < 0.5:
-                    accent = _colour(rng)
+                    prev = accent
+                    while sum(abs(a - b) for a, b in zip(accent, prev)) < 60:
+                        accent = _colour(rng)
                 else:
-                    flavour = _word(rng, 1)
+                    prev_word = flavour
+                    while flavour == prev_word:
+                        flavour = _word(rng, 1)
             skus.append(
                 SKU(
                     sku_id=len(skus),
                     family_id=fam,
                     variant=v,
-                    name=f"{brand} {flavour} {silhouette}".title(),
+                    name=f"{brand} {flavour} {silhouette}".title() + (f" v{v + 1}" if v else ""),
                     category=category,
                     price=round(base_price * (1 + 0.1 * v), 2),
                     silhouette=silhouette,

@@ -31,7 +31,7 @@ from src.data.retail_world.scenes import counter_scene
 from src.data.retail_world.views import gallery_view, wild_view
 
 log = logging.getLogger(__name__)
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 _KIND = {"train": 1, "val": 2, "gallery": 3, "query": 4, "catalogue": 5, "scene_train": 6, "scene_val": 7}
 
 

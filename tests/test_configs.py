@@ -1,0 +1,50 @@
+"""Every experiment composes, and its datamodule and model instantiate (a typo in conf/ fails here)."""
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from tests.conftest import CONF_DIR, compose_cfg
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes_and_instantiates(experiment, tmp_path):
+    cfg = compose_cfg("train", [f"experiment={experiment}", "trainer=cpu"], tmp_path / "run", tmp_path / "data")
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    assert hasattr(datamodule, "setup") and hasattr(model, "training_step")
+    assert cfg.optimized_metric and cfg.monitor_metric
+
+
+@pytest.mark.parametrize("group, option", [("logger", "many"), ("trainer", "gpu"), ("trainer", "ddp"),
+                                           ("trainer", "ddp_cpu"), ("debug", "fdr"), ("debug", "overfit"),
+                                           ("debug", "limit"), ("hparams_search", "optuna")])
+def test_config_groups_compose(group, option, tmp_path):
+    cfg = compose_cfg("train", [f"{group}={option}"], tmp_path / "run", tmp_path / "data")
+    assert cfg is not None
+
+
+def test_slurm_launcher_composes(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=submitit_slurm", "hydra.launcher.gpus_per_node=1",
+                                          "hydra.launcher.tasks_per_node=1"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.gpus_per_node == 1
+
+
+def test_loggers_instantiate_offline(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = compose_cfg("train", ["logger=many"], tmp_path / "run", tmp_path / "data")
+    assert cfg.logger.wandb.offline is True
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    cfg = compose_cfg("train", ["logger=many"], tmp_path / "run", tmp_path / "data")
+    assert cfg.logger.wandb.offline is False
