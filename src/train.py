@@ -66,6 +66,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             atomic_write_text(output_dir / WANDB_ID_FILE, lg.version + "\n")
 
     metrics: dict[str, float] = {}
+    if cfg.get("validate_before_fit") and not cfg.get("ckpt_path"):
+        results = trainer.validate(model=model, datamodule=datamodule, verbose=False)
+        metrics.update({f"initial/{k}": float(v) for r in results for k, v in r.items()})
     if cfg.get("train", True):
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics.update(_as_float_dict(trainer.callback_metrics))
@@ -108,6 +111,20 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
     return metrics[name]
 
 
+def print_summary(metrics: dict[str, float]) -> None:
+    """Before/after table for metrics also measured on the untrained model (validate_before_fit)."""
+    initial = {k.removeprefix("initial/"): v for k, v in metrics.items() if k.startswith("initial/")}
+    final = {k: v for k, v in metrics.items() if not k.startswith("initial/") and "/" in k and "loss" not in k}
+    if initial:
+        print("\nmetric                 untrained   trained")
+        for k, v in sorted(initial.items()):
+            if k in metrics:
+                print(f"{k:<22} {v:9.4f} {metrics[k]:9.4f}")
+    print("\nfinal metrics:")
+    for k, v in sorted(final.items()):
+        print(f"  {k}: {v:.4f}")
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     with open_dict(cfg):
@@ -115,6 +132,7 @@ def main(cfg: DictConfig) -> float | None:
     metrics, _ = train(cfg)
     value = optimized_value(cfg, metrics)
     log.info("Final metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
+    print_summary(metrics)
     return value
 
 

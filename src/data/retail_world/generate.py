@@ -4,6 +4,7 @@ Layout under `<root>/<tag>/` (tag = version + hash of the spec, so other paramet
   images/{train,val,gallery,query,catalogue}/*.jpg   product crops with their natural aspect ratio
   images/scenes/{train,val}/*.jpg                     checkout-counter scenes
   lists/{train,val,gallery,query,catalogue}.txt       `relative/path label unique_id` (PaddleClas / AliProducts)
+  lists/{query,gallery}_{val,test}.txt                unseen identities split by family: selection vs report
   lists/category_{train,val}.txt                      same images, product-category labels
   annotations/scenes_{train,val}.json                 COCO detection JSON (+ sku_id per annotation)
   catalogue.json                                      SKU metadata (name, category, price, ...)
@@ -31,7 +32,7 @@ from src.data.retail_world.scenes import counter_scene
 from src.data.retail_world.views import gallery_view, wild_view
 
 log = logging.getLogger(__name__)
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 _KIND = {"train": 1, "val": 2, "gallery": 3, "query": 4, "catalogue": 5, "scene_train": 6, "scene_val": 7}
 
 
@@ -121,6 +122,13 @@ def generate_world(spec: WorldSpec, out: Path) -> None:
         "query": _write_views(out, spec, unseen, "query", spec.query_views, False, lambda s: s.sku_id),
         "catalogue": _write_views(out, spec, skus, "catalogue", 1, True, lambda s: s.sku_id),
     }
+    # Open-set protocol: unseen identities split by whole families into a validation half (model selection)
+    # and a test half (the reported numbers), so checkpoints are never chosen on the test identities.
+    n_val = (len(unseen) // spec.variants_per_family // 2) * spec.variants_per_family
+    val_ids = {s.sku_id for s in unseen[:n_val]}
+    for kind in ("query", "gallery"):
+        lists[f"{kind}_val"] = [ln for ln in lists[kind] if int(ln.split()[1]) in val_ids]
+        lists[f"{kind}_test"] = [ln for ln in lists[kind] if int(ln.split()[1]) not in val_ids]
     by_id = {s.sku_id: s for s in skus}
     for split in ("train", "val"):
         lists[f"category_{split}"] = [

@@ -1,0 +1,128 @@
+"""DataModule for metric learning: train on identities, evaluate open-set retrieval (query vs gallery of
+identities never seen in training). Validation/test loaders are [query, gallery]; with `*_gallery=None` the
+query set is its own gallery and self-matches are dropped by the evaluation callback."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import lightning as L
+import numpy as np
+import torch.distributed as dist
+from PIL import Image
+from torch.utils.data import DataLoader, DistributedSampler
+
+from src.data.datasets import ImageDataset, collate_skip_none
+from src.data.readers import DataFormatError, read_samples
+
+QUERY, GALLERY = 0, 1  # dataloader_idx of the evaluation loaders
+
+
+def image_aspects(dataset: ImageDataset) -> np.ndarray:
+    """h / w of every image from its header only (no decode)."""
+    out = np.ones(len(dataset))
+    for i, s in enumerate(dataset.samples):
+        try:
+            with Image.open(s.path) as im:
+                w, h = im.size
+            out[i] = h / max(w, 1)
+        except OSError:
+            pass  # unreadable: the dataset skips it at load time; any bucket will do
+    return out
+
+
+class RetrievalDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        source,
+        train: str,
+        val_query: str,
+        val_gallery: str | None = None,
+        test_query: str | None = None,
+        test_gallery: str | None = None,
+        fmt: str = "image_list",
+        num_classes: int | None = None,
+        image_size: int = 224,
+        train_transform: Callable | None = None,
+        eval_transform: Callable | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        batch_sampler: Callable | None = None,
+        num_workers: int = 0,
+        on_error: str = "skip",
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.paths = {"train": train, "val_query": val_query, "val_gallery": val_gallery,
+                      "test_query": test_query or val_query,
+                      "test_gallery": test_gallery if test_query else val_gallery}
+        self.fmt = fmt
+        self.num_classes = num_classes  # training identities (margin-head classes); labels must be below it
+        self.image_size = image_size
+        self.train_transform, self.eval_transform = train_transform, eval_transform
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.batch_sampler_factory = batch_sampler  # partial: (labels=, aspects=) -> batch sampler
+        self.num_workers, self.on_error, self.pin_memory = num_workers, on_error, pin_memory
+        self.datasets: dict[str, ImageDataset] = {}
+
+    def prepare_data(self) -> None:
+        self.source.prepare()
+
+    def dataset(self, split: str) -> ImageDataset:
+        if split not in self.datasets:
+            samples = read_samples(self.fmt, self.source.root / self.paths[split], self.source.root)
+            transform = self.train_transform if split == "train" else self.eval_transform
+            if split == "train" and self.num_classes is not None:
+                bad = [x for x in samples if x.label >= self.num_classes]
+                if bad:
+                    raise DataFormatError(f"{self.source.root / self.paths[split]}: label {bad[0].label} of "
+                                          f"{bad[0].uid} is >= data.num_classes={self.num_classes}")
+            self.datasets[split] = ImageDataset(samples, transform, on_error=self.on_error)
+        return self.datasets[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", None):
+            self.dataset("train")
+        prefix = "test" if stage in ("test", "predict") else "val"
+        for kind in ("query", "gallery"):
+            if self.paths[f"{prefix}_{kind}"]:
+                self.dataset(f"{prefix}_{kind}")
+
+    @property
+    def num_train_identities(self) -> int:
+        return int(np.unique(self.dataset("train").labels).size)
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.dataset("train")
+        common = dict(num_workers=self.num_workers, collate_fn=collate_skip_none, pin_memory=self.pin_memory,
+                      persistent_workers=self.num_workers > 0)
+        if self.batch_sampler_factory is not None:
+            sampler = self.batch_sampler_factory(labels=ds.labels, aspects=image_aspects(ds))
+            return DataLoader(ds, batch_sampler=sampler, **common)
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=True, drop_last=len(ds) > self.batch_size, **common)
+
+    def _eval_loaders(self, prefix: str) -> list[DataLoader]:
+        loaders = []
+        for kind in ("query", "gallery"):
+            if not self.paths[f"{prefix}_{kind}"]:
+                continue
+            ds = self.dataset(f"{prefix}_{kind}")
+            # Custom batch samplers switch off Lightning's sampler injection, so shard evaluation here.
+            sampler = DistributedSampler(ds, shuffle=False) if dist.is_available() and dist.is_initialized() else None
+            loaders.append(DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, sampler=sampler,
+                                      num_workers=self.num_workers, collate_fn=collate_skip_none,
+                                      pin_memory=self.pin_memory))
+        return loaders
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("val")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("test")
+
+    def eval_dataset(self, stage: str, dataloader_idx: int) -> ImageDataset:
+        prefix = "test" if stage == "test" else "val"
+        kind = "query" if dataloader_idx == QUERY else "gallery"
+        return self.dataset(f"{prefix}_{kind}")

@@ -1,0 +1,18 @@
+"""The docstring examples are part of the documentation: keep them true."""
+
+import doctest
+
+import pytest
+
+import src.retrieval.live_matching
+import src.retrieval.metrics
+import src.retrieval.search
+import src.retrieval.threshold
+
+
+@pytest.mark.parametrize(
+    "module", [src.retrieval.search, src.retrieval.metrics, src.retrieval.threshold, src.retrieval.live_matching]
+)
+def test_docstring_examples(module):
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
