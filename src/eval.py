@@ -43,12 +43,14 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     out_dir.mkdir(parents=True, exist_ok=True)
     logger = instantiate({"_target_": "lightning.pytorch.loggers.CSVLogger", "save_dir": str(out_dir), "name": "csv"})
     trainer = instantiate(cfg.trainer, logger=logger, default_root_dir=str(out_dir))
-    results = trainer.test(model=model, datamodule=datamodule)
-    metrics = {k: float(v) for r in results for k, v in r.items()}
-    artifacts = list(model.report_artifacts(out_dir)) if hasattr(model, "report_artifacts") else []
-    atomic_write_json(out_dir / "metrics.json", {"checkpoint": str(ckpt), "metrics": metrics})
-    atomic_write_text(out_dir / "report.md", render_report(ckpt, metrics, artifacts, out_dir))
-    log.info("Wrote %s and %s", out_dir / "metrics.json", out_dir / "report.md")
+    trainer.test(model=model, datamodule=datamodule)
+    # callback_metrics, not test()'s per-dataloader list: multi-loader results carry '/dataloader_idx_N' suffixes.
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    if trainer.is_global_zero:
+        artifacts = list(model.report_artifacts(out_dir)) if hasattr(model, "report_artifacts") else []
+        atomic_write_json(out_dir / "metrics.json", {"checkpoint": str(ckpt), "metrics": metrics})
+        atomic_write_text(out_dir / "report.md", render_report(ckpt, metrics, artifacts, out_dir))
+        log.info("Wrote %s and %s", out_dir / "metrics.json", out_dir / "report.md")
     return metrics, {"model": model, "datamodule": datamodule, "out_dir": out_dir, "ckpt": ckpt}
 
 

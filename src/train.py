@@ -67,8 +67,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     metrics: dict[str, float] = {}
     if cfg.get("validate_before_fit") and not cfg.get("ckpt_path"):
-        results = trainer.validate(model=model, datamodule=datamodule, verbose=False)
-        metrics.update({f"initial/{k}": float(v) for r in results for k, v in r.items()})
+        trainer.validate(model=model, datamodule=datamodule, verbose=False)
+        metrics.update({f"initial/{k}": float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
     if cfg.get("train", True):
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics.update(_as_float_dict(trainer.callback_metrics))
