@@ -33,6 +33,18 @@ def render_report(ckpt: Path, metrics: dict[str, float], artifacts: list[Path], 
     return "\n".join(lines) + "\n"
 
 
+def evaluate_only(callback) -> bool:
+    """Training-only callbacks are dropped at evaluation; the rest (retrieval metrics, pictures) compute metrics."""
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+
+    return not isinstance(callback, (ModelCheckpoint, EarlyStopping, LearningRateMonitor))
+
+
+def evaluation_callbacks(train_cfg: DictConfig) -> list:
+    cbs = [instantiate(c) for c in (train_cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
+    return [c for c in cbs if evaluate_only(c)]
+
+
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     ckpt = Path(cfg.ckpt_path) if cfg.ckpt_path != "latest" else latest_best_checkpoint(cfg.paths.outputs_dir)
     log.info("Evaluating %s", ckpt)
@@ -42,7 +54,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     out_dir = Path(cfg.report_dir or cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     logger = instantiate({"_target_": "lightning.pytorch.loggers.CSVLogger", "save_dir": str(out_dir), "name": "csv"})
-    trainer = instantiate(cfg.trainer, logger=logger, default_root_dir=str(out_dir))
+    trainer = instantiate(cfg.trainer, logger=logger, default_root_dir=str(out_dir),
+                          callbacks=evaluation_callbacks(train_cfg))
     trainer.test(model=model, datamodule=datamodule)
     # callback_metrics, not test()'s per-dataloader list: multi-loader results carry '/dataloader_idx_N' suffixes.
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}

@@ -106,6 +106,9 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
     name = cfg.get("optimized_metric")
     if not name:
         return None
+    if name not in metrics and not cfg.get("test", True) and name.startswith("test/"):
+        log.warning("optimized_metric %s not computed (test=false)", name)
+        return None
     if name not in metrics:
         raise KeyError(f"optimized_metric={name!r} not among the metrics: {sorted(metrics)}")
     return metrics[name]

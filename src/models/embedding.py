@@ -31,6 +31,9 @@ class EmbeddingSystem(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "losses", "optimizer", "scheduler"])
         self.net = net
+        losses = {k: v for k, v in losses.items() if v is not None}  # `losses.<name>: null` drops one in config
+        if not losses:
+            raise ValueError("EmbeddingSystem needs at least one loss")
         self.losses = nn.ModuleDict(losses)
         unknown = set(loss_weights or {}) - set(losses)
         if unknown:
