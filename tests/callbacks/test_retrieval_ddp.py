@@ -45,7 +45,7 @@ def test_ddp_eval_matches_single_process(make_cfg, tmp_path, data_dir):
 def test_ddp_memory_bank_holds_both_ranks(tmp_path, data_dir):
     xbm = ("+model.losses.xbm={_target_:src.losses.xbm.CrossBatchMemoryLoss,embedding_size:16,memory_size:64,"
            "loss:{_target_:pytorch_metric_learning.losses.MultiSimilarityLoss}}")
-    _subprocess("src.train", [*TINY, *TINY_WORLD_OVERRIDES, xbm, "trainer=ddp_cpu", "trainer.max_steps=1",
+    _subprocess("src.train", [*TINY, *TINY_WORLD_OVERRIDES, xbm, "trainer=ddp_cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
                               "trainer.limit_val_batches=1", "test=false", f"paths.outputs_dir={tmp_path}",
                               f"paths.data_dir={data_dir}", f"hydra.run.dir={tmp_path / 'run'}"])
     state = torch.load(tmp_path / "run/checkpoints/last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
