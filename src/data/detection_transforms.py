@@ -1,0 +1,109 @@
+"""Detection transforms that move boxes with the pixels: multi-scale shorter-side resize, eval resize,
+horizontal flip, to-tensor.
+
+Each transform is `t(image, target) -> (image, target)` with image an RGB uint8 HxWx3 array (until `ToTensor`)
+and target a dict whose "boxes" are float32 [N, 4] xyxy in pixels (other keys pass through). Box maps are exact
+(per-axis scale of the actual output size, mirror about the width), so tests can compare them analytically.
+Random choices use torch's RNG, which DataLoader workers and Lightning's seed_everything seed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+Target = dict
+
+
+class Compose:
+    def __init__(self, transforms: Sequence[Callable]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, image: np.ndarray, target: Target) -> tuple:
+        for t in self.transforms:
+            image, target = t(image, target)
+        return image, target
+
+    def __repr__(self) -> str:
+        return f"Compose({self.transforms})"
+
+
+def resized_shape(h: int, w: int, short_side: int, max_size: int | None) -> tuple[int, int]:
+    """(h, w) with the shorter side at `short_side`, the longer one capped at `max_size` (torchvision's rule)."""
+    scale = short_side / min(h, w)
+    if max_size is not None and max(h, w) * scale > max_size:
+        scale = max_size / max(h, w)
+    return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+
+
+def resize_with_boxes(image: np.ndarray, target: Target, out_h: int, out_w: int) -> tuple:
+    h, w = image.shape[:2]
+    if (out_h, out_w) != (h, w):
+        # INTER_AREA when shrinking avoids aliasing; linear when enlarging.
+        interp = cv2.INTER_AREA if out_h * out_w < h * w else cv2.INTER_LINEAR
+        image = cv2.resize(image, (out_w, out_h), interpolation=interp)
+    boxes = np.asarray(target["boxes"], dtype=np.float32).reshape(-1, 4)
+    scale = np.array([out_w / w, out_h / h, out_w / w, out_h / h], dtype=np.float32)
+    return image, {**target, "boxes": boxes * scale}
+
+
+class RandomShortestSideResize:
+    """Multi-scale training: the shorter side becomes a random choice from `sizes`, the longer side at most
+    `max_size` (as in torchvision references / Detectron2's ResizeShortestEdge)."""
+
+    def __init__(self, sizes: Sequence[int], max_size: int | None = None) -> None:
+        if not sizes:
+            raise ValueError("sizes must not be empty")
+        self.sizes = [int(s) for s in sizes]
+        self.max_size = max_size
+
+    def __call__(self, image: np.ndarray, target: Target) -> tuple:
+        size = self.sizes[int(torch.randint(len(self.sizes), ()).item())] if len(self.sizes) > 1 else self.sizes[0]
+        out_h, out_w = resized_shape(*image.shape[:2], size, self.max_size)
+        return resize_with_boxes(image, target, out_h, out_w)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(sizes={self.sizes}, max_size={self.max_size})"
+
+
+class ShortestSideResize(RandomShortestSideResize):
+    """Evaluation resize: one shorter side."""
+
+    def __init__(self, size: int, max_size: int | None = None) -> None:
+        super().__init__([size], max_size)
+
+
+class RandomHorizontalFlip:
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = p
+
+    def __call__(self, image: np.ndarray, target: Target) -> tuple:
+        if self.p <= 0 or torch.rand(()).item() >= self.p:
+            return image, target
+        w = image.shape[1]
+        boxes = np.asarray(target["boxes"], dtype=np.float32).reshape(-1, 4).copy()
+        boxes[:, [0, 2]] = w - boxes[:, [2, 0]]  # x1' = W - x2, x2' = W - x1
+        return np.ascontiguousarray(image[:, ::-1]), {**target, "boxes": boxes}
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(p={self.p})"
+
+
+class ToTensor:
+    """uint8 HxWx3 -> float CHW in 0..1 (torchvision detectors normalise inside the model); boxes -> tensor."""
+
+    def __call__(self, image: np.ndarray, target: Target) -> tuple:
+        img = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255)
+        return img, {**target, "boxes": torch.as_tensor(np.asarray(target["boxes"], dtype=np.float32)).reshape(-1, 4)}
+
+
+def train_transforms(sizes: Sequence[int], max_size: int | None = None, hflip_prob: float = 0.5) -> Compose:
+    return Compose([RandomShortestSideResize(sizes, max_size), RandomHorizontalFlip(hflip_prob), ToTensor()])
+
+
+def eval_transforms(size: int | None, max_size: int | None = None) -> Compose:
+    """size=None keeps the image as it is."""
+    return Compose(([ShortestSideResize(size, max_size)] if size else []) + [ToTensor()])

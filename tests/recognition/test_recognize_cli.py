@@ -1,0 +1,74 @@
+"""`python -m src.recognize` subcommands in-process, on a tiny random-weight checkpoint (plumbing, not accuracy)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from src.data.retail_world import photometric as ph
+from src.recognize import main, parse_frames
+from src.retrieval.index import GalleryIndex
+from tests.recognition.conftest import FAMILY_HEADS
+from tests.recognition.helpers import counter_photo, studio_shot
+from tests.recognition.test_gallery import write_list
+
+
+def run(capsys, *argv):
+    main([str(a) for a in argv])
+    return json.loads(capsys.readouterr().out)
+
+
+def test_build_add_remove_search_checkout(tmp_path, tiny_ckpt, capsys):
+    lst = write_list(tmp_path, FAMILY_HEADS[:4])
+    val = write_list(tmp_path, FAMILY_HEADS[:4], name="val.txt", views=2)
+    index = tmp_path / "index"
+    common = ["--index", index, "--embedder", tiny_ckpt]
+    out = run(capsys, "build", *common, "--images", lst, "--root", tmp_path, "--catalogue", tmp_path / "catalogue.json",
+              "--val-images", val, "--val-root", tmp_path, "--target-far", 0.5)
+    assert out["images"] == 4 and out["products"] == 4 and 0 <= out["threshold"]["far"] <= 0.5
+    loaded = GalleryIndex.load(index)
+    assert len(loaded) == 4 and loaded.threshold == out["threshold"]["threshold"]
+    assert loaded.metadata(0)["name"] == FAMILY_HEADS[0].name
+
+    with pytest.raises(SystemExit, match="already holds a gallery"):
+        main(["build", *map(str, common), "--images", str(lst), "--root", str(tmp_path)])
+
+    photo = tmp_path / "new.jpg"
+    photo.write_bytes(ph.jpeg_bytes(studio_shot(FAMILY_HEADS[5]), 95))
+    out = run(capsys, "add", *common, "--image", photo, "--sku", "new-1", "--name", "New thing", "--price", 2.5)
+    assert out == {"added": 1, "skipped": 0, "count": 5}
+    assert run(capsys, "add", *common, "--image", photo, "--sku", "new-1")["added"] == 0  # known image: not re-embedded
+
+    counter = tmp_path / "counter.jpg"
+    counter.write_bytes(ph.jpeg_bytes(counter_photo(FAMILY_HEADS[:2], 0)[0], 95))
+    rec = run(capsys, "search", *common, "--image", counter, "--whole-image", "always", "--k", 3)
+    assert rec["width"] == 320 and set(rec) >= {"items", "unknown", "timings"}
+    receipt = run(capsys, "checkout", *common, "--image", counter)
+    assert set(receipt) >= {"items", "unknown", "total", "complete"}
+
+    assert run(capsys, "remove", "--index", index, "--sku", "new-1") == {"removed": 1, "count": 4}
+    with pytest.raises(SystemExit, match="no image of sku"):
+        main(["remove", "--index", str(index), "--sku", "new-1"])
+    out = run(capsys, "calibrate", *common, "--val-images", val, "--val-root", tmp_path, "--target-far", 0.25)
+    assert GalleryIndex.load(index).threshold == out["threshold"]
+
+
+def test_match_live_command(tmp_path, tiny_ckpt, capsys):
+    from src.data.retail_world.live import ensure_live
+    from tests.recognition.test_live import SPEC
+
+    root = ensure_live(tmp_path / "live", SPEC)
+    out = run(capsys, "match-live", "--embedder", tiny_ckpt, "--data", root, "--out", tmp_path / "result.json",
+              "--oracle-boxes", "--frames", "auto", "--short-side", 0)
+    assert (tmp_path / "result.json").is_file() and out["frames"] == 4 * 13
+    assert set(out["score"]) >= {"match_f1", "box_accuracy"}
+    with pytest.raises(SystemExit, match="--detector CKPT or --oracle-boxes"):
+        main(["match-live", "--embedder", str(tiny_ckpt), "--data", str(root), "--out", str(tmp_path / "r.json")])
+
+
+def test_parse_frames():
+    assert parse_frames("80:381:20")[:3] == [80, 100, 120] and parse_frames("3,9") == [3, 9]
+    assert parse_frames("auto") == "auto"
+    with pytest.raises(Exception, match="--frames"):
+        parse_frames("x:y")
