@@ -204,7 +204,11 @@ def main(argv=None) -> None:
     truth_rows = exact_top1(vectors, queries)
     ids = hnsw.ids
     truth_ids = ids[truth_rows]
-    idx = {"HNSW32 (efSearch 64)": {"build_s": t_build, **bench_gallery_index(hnsw, queries, truth_ids)}}
+    idx = {}
+    for ef in (64, 256):  # search breadth: GalleryIndex's default 64, and wider
+        hnsw._ef_search = ef  # no public setter for search breadth yet (suggested to the index's owner)
+        idx[f"HNSW32 (efSearch {ef})"] = {"build_s": t_build, **bench_gallery_index(hnsw, queries, truth_ids)}
+    hnsw._ef_search = 64
     flat = GalleryIndex(DIM, emb.fingerprint, factory="Flat")
     _, t = timed(flat.add, vectors, rows)
     idx["Flat (exact)"] = {"build_s": t, **bench_gallery_index(flat, queries, truth_ids)}

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, open_dict  # noqa: E402
 from src.utils import resolvers  # noqa: E402,F401
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
 # A small retail world: a few seconds to generate, shared by the whole session.
 TINY_WORLD = {

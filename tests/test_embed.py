@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["experiment=demo_retrieval", "trainer=cpu", "logger=csv", "model.net.backbone.model_name=test_efficientnet",
         "data.batch_sampler.pk=[4,2]", "validate_before_fit=false", "test=false", "callbacks.progress_bar=null",
         "callbacks.retrieval.num_grid_queries=0", "callbacks.early_stopping=null", "trainer.max_epochs=1",
-        "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", *TINY_WORLD_OVERRIDES]
+        "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1",
+        *TINY_WORLD_OVERRIDES]
 
 
 @pytest.fixture(scope="module")

@@ -49,6 +49,8 @@ def load_system(path: str | Path, model_overrides: dict | None = None) -> tuple[
     # A checkpoint must not trigger a pretrained-weight download: its weights come from the file.
     for node in _find_pretrained(model_cfg):
         node.pretrained = False
+        if "checkpoint_path" in node:
+            node.checkpoint_path = None  # the local init weights are not needed (nor maybe present) any more
     system = instantiate(model_cfg)
     system.load_state_dict(ckpt["state_dict"])
     system.eval()
