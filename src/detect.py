@@ -32,7 +32,7 @@ from src.data.detection_transforms import resized_shape  # noqa: E402
 from src.data.images import read_rgb  # noqa: E402
 from src.data.readers import IMAGE_EXTENSIONS, load_coco  # noqa: E402
 from src.data.video import VIDEO_EXTENSIONS, read_video_frames, video_info  # noqa: E402
-from src.models.detection import CATEGORIES_KEY  # noqa: E402
+from src.models.detection import CATEGORIES_KEY, DetectionSystem  # noqa: E402
 from src.utils import resolvers  # noqa: E402,F401
 from src.utils.checkpoint import load_system  # noqa: E402
 from src.utils.io import atomic_write_bytes, atomic_write_json  # noqa: E402
@@ -142,6 +142,9 @@ def _save_crops(out_dir: Path, entry: dict, image: np.ndarray, results: list[dic
 def detect(cfg: DictConfig) -> dict:
     ckpt = Path(cfg.ckpt_path) if cfg.ckpt_path != "latest" else latest_best_checkpoint(cfg.paths.outputs_dir)
     system, train_cfg = load_system(ckpt)
+    if not isinstance(system, DetectionSystem):  # e.g. ckpt_path=latest found a classifier run
+        raise TypeError(f"{ckpt} holds a {type(system).__name__}, not a DetectionSystem: pass ckpt_path=<a detection "
+                        "checkpoint>")
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     system.to(device).eval()

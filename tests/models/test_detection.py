@@ -317,7 +317,8 @@ def test_tiny_detector_overfits_four_scenes(tmp_path):
 @pytest.mark.parametrize("experiment, overrides", [
     ("detection_demo", []),
     # torchvision's MobileNetV3 FPN with 8 categories; small images keep the smoke run short.
-    ("frcnn_mnv3_counter", ["++data.train_sizes=[160]", "++data.eval_size=160"]),
+    ("frcnn_mnv3_counter", ["++data.train_sizes=[160]", "++data.eval_size=160", "++data.batch_size=2",
+                            "++model.model.rpn_post_nms_top_n_train=200", "++model.model.rpn_post_nms_top_n_test=100"]),
 ])
 def test_detection_experiment_fast_dev_run(make_cfg, experiment, overrides):
     from src.train import train
