@@ -54,7 +54,11 @@ test-mmdet: install-mmdet
 	REQUIRE_MMDET=1 $(PY) -m pytest -m mmdet $(ARGS)
 
 test-browser: $(ENV_STAMP) install-browser
-	$(PY) -m pytest -m browser $(ARGS)
+	REQUIRE_BROWSER=1 $(PY) -m pytest -m browser $(ARGS)
+
+# make serve EMBEDDER=<ckpt> [INDEX=outputs/gallery] [DETECTOR=<ckpt>] [PORT=8000]: service + cashier page
+serve: $(ENV_STAMP)
+	$(PY) -m src.service --index $(or $(INDEX),outputs/gallery) --embedder $(EMBEDDER) $(if $(DETECTOR),--detector $(DETECTOR)) --port $(or $(PORT),8000) --threads 1
 
 # What CI runs: the fast suite, then the mmdet backend and the browser test (both must run, not skip).
 ci: test test-mmdet test-browser
