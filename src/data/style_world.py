@@ -15,14 +15,13 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from src.data.generate_once import generate_once
 from src.data.retail_world import photometric as ph
 from src.data.retail_world.catalogue import PATTERNS
 from src.data.retail_world.render import _pattern
@@ -162,25 +161,7 @@ def ensure_style_world(root: str | os.PathLike, spec: StyleSpec | None = None, *
     """Generate under `root/<tag>` unless a complete copy exists (DONE); written in a temporary sibling and
     renamed into place, so an interrupted run never leaves a half-written dataset that looks complete."""
     spec = spec or StyleSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
-    root = Path(root)
-    target = root / spec.tag
-    if (target / "DONE").exists():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.tag}-", dir=root))
-    try:
-        log.info("Generating style world %s into %s", spec.tag, target)
-        generate_style_world(spec, tmp)
-        (tmp / "DONE").write_text("ok\n")
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / "DONE").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return generate_once(root, spec.tag, lambda tmp: generate_style_world(spec, tmp), "style world")
 
 
 class StyleWorld:

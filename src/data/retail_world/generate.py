@@ -19,13 +19,12 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from src.data.generate_once import generate_once
 from src.data.retail_world import photometric as ph
 from src.data.retail_world.catalogue import CATEGORIES, make_catalogue
 from src.data.retail_world.scenes import counter_scene
@@ -150,23 +149,4 @@ def ensure_world(root: str | os.PathLike, spec: WorldSpec | None = None, **overr
     Generation happens in a temporary sibling directory that is renamed into place, so an interrupted run
     never leaves a half-written dataset that looks complete."""
     spec = spec or WorldSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
-    root = Path(root)
-    target = root / spec.tag
-    if (target / "DONE").exists():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.tag}-", dir=root))
-    try:
-        log.info("Generating retail world %s into %s", spec.tag, target)
-        generate_world(spec, tmp)
-        (tmp / "DONE").write_text("ok\n")
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            # Another process finished first (directory exists and is not empty): keep theirs.
-            if not (target / "DONE").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return generate_once(root, spec.tag, lambda tmp: generate_world(spec, tmp), "retail world")

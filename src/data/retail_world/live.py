@@ -25,14 +25,13 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from src.data.generate_once import generate_once
 from src.data.retail_world import photometric as ph
 from src.data.retail_world.catalogue import SKU, make_catalogue
 from src.data.retail_world.render import render_package
@@ -238,22 +237,4 @@ def ensure_live(root: str | os.PathLike, spec: LiveSpec | None = None, **overrid
     Written into a temporary sibling that is renamed into place (an interrupted run leaves nothing that
     looks complete)."""
     spec = spec or LiveSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
-    root = Path(root)
-    target = root / spec.tag
-    if (target / "DONE").exists():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.tag}-", dir=root))
-    try:
-        log.info("Generating live-stream set %s into %s", spec.tag, target)
-        generate_live(spec, tmp)
-        (tmp / "DONE").write_text("ok\n")
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / "DONE").exists():  # another process finished first: keep theirs
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return generate_once(root, spec.tag, lambda tmp: generate_live(spec, tmp), "live-stream set")
