@@ -13,17 +13,26 @@ import numpy as np
 from torch.utils.data import Sampler
 
 
+def _world_and_rank() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1, 0
+    return dist.get_world_size(), dist.get_rank()
+
+
 def _shard(batches: list) -> list:
     """Under DDP each rank takes every world_size-th batch (same count on every rank). Lightning cannot inject a
     DistributedSampler into a custom batch sampler, so these samplers shard themselves
     (set `trainer.use_distributed_sampler=false`)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return batches
-    world, rank = dist.get_world_size(), dist.get_rank()
+    world, rank = _world_and_rank()
     n = len(batches) // world
     return batches[rank : n * world : world]
+
+
+def _sharded_len(num_batches: int) -> int:
+    """Batches one rank yields: what the LR schedule's step count and the progress bar must see."""
+    return num_batches // _world_and_rank()[0]
 
 
 def _pk_batches(indices: np.ndarray, labels: np.ndarray, p: int, k: int, rng: np.random.Generator,
@@ -58,7 +67,7 @@ class PKBatchSampler(Sampler[list[int]]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.num_batches
+        return _sharded_len(self.num_batches)
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -126,7 +135,7 @@ class AspectRatioBucketBatchSampler(Sampler[list[tuple[int, tuple[int, int]]]]):
         return [out[i] for i in order]
 
     def __len__(self) -> int:
-        return len(self._batches(np.random.default_rng([self.seed, self.epoch])))
+        return _sharded_len(len(self._batches(np.random.default_rng([self.seed, self.epoch]))))
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])

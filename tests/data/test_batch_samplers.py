@@ -62,3 +62,29 @@ def test_bucketed_composes_with_pk(aspects):
 def test_bucket_size_keeps_area_and_aspect():
     h, w = bucket_size(2.0, 224, stride=32)
     assert abs(h / w - 2.0) < 0.3 and abs(h * w - 224 * 224) / (224 * 224) < 0.15
+
+
+def _indices(batch):
+    """Dataset indices of a batch from either sampler (the bucketed one yields (index, size) pairs)."""
+    return [x[0] if isinstance(x, tuple) else x for x in batch]
+
+
+@pytest.mark.parametrize("make", [
+    lambda asp, lab: PKBatchSampler(lab, p=4, k=2, seed=3),
+    lambda asp, lab: AspectRatioBucketBatchSampler(asp, batch_size=8, base_size=64, stride=8, seed=3),
+    lambda asp, lab: AspectRatioBucketBatchSampler(asp, base_size=64, labels=lab, pk=(2, 2), stride=8, seed=3),
+])
+def test_ddp_ranks_split_the_batches_and_len_counts_one_rank(monkeypatch, aspects, make):
+    import src.data.batch_samplers as bs
+
+    labels = np.arange(len(aspects)) % 25
+    full = [_indices(b) for b in make(aspects, labels)]
+    world, per_rank = 3, len(full) // 3
+    for rank in range(world):
+        monkeypatch.setattr(bs, "_world_and_rank", lambda rank=rank: (world, rank))
+        sampler = make(aspects, labels)
+        shard = [_indices(b) for b in sampler]
+        # len() is one rank's share: LR schedules and progress bars count these steps.
+        assert len(sampler) == len(shard) == per_rank
+        # Rank r takes batches r, r + world, ...: together the ranks see the one-process epoch, nothing twice.
+        assert shard == full[rank : world * per_rank : world]
