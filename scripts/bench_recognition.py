@@ -213,9 +213,9 @@ def main(argv=None) -> None:
     truth_ids = ids[truth_rows]
     idx = {}
     for ef in (64, 256):  # search breadth: GalleryIndex's default 64, and wider
-        hnsw._ef_search = ef  # no public setter for search breadth yet (suggested to the index's owner)
+        hnsw.set_search_breadth(ef_search=ef)
         idx[f"HNSW32 (efSearch {ef})"] = {"build_s": t_build, **bench_gallery_index(hnsw, queries, truth_ids)}
-    hnsw._ef_search = 64
+    hnsw.set_search_breadth(ef_search=64)
     flat = GalleryIndex(DIM, emb.fingerprint, factory="Flat")
     _, t = timed(flat.add, vectors, rows)
     idx["Flat (exact)"] = {"build_s": t, **bench_gallery_index(flat, queries, truth_ids)}
@@ -223,7 +223,7 @@ def main(argv=None) -> None:
     ivf = GalleryIndex(DIM, emb.fingerprint, factory="IVF1024,PQ64x4fs")
     _, t = timed(ivf.add, vectors, rows)  # trains on everything on the first add
     for nprobe in (16, 64):
-        ivf._nprobe = nprobe  # no public setter for search breadth yet (suggested to the index's owner)
+        ivf.set_search_breadth(nprobe=nprobe)
         idx[f"IVF1024,PQ64x4fs (nprobe {nprobe})"] = {"build_s": t, **bench_gallery_index(ivf, queries, truth_ids)}
     del ivf
     res["index_100k"] = idx

@@ -212,6 +212,28 @@ class GalleryIndex:
             self._threshold = None if threshold is None else float(threshold)
 
     @property
+    def nprobe(self) -> int:
+        return self._nprobe
+
+    @property
+    def ef_search(self) -> int:
+        return self._ef_search
+
+    def set_search_breadth(self, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        """How much of an approximate index a search visits: IVF lists probed (`nprobe`) and the HNSW
+        candidate list (`ef_search`). Wider is slower and closer to exact; saved with the index."""
+        for name, value in (("nprobe", nprobe), ("ef_search", ef_search)):
+            if value is not None and (int(value) != value or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        with self._lock:
+            self._nprobe = self._nprobe if nprobe is None else int(nprobe)
+            self._ef_search = self._ef_search if ef_search is None else int(ef_search)
+
+    def __contains__(self, entry_id: int) -> bool:
+        with self._lock:
+            return int(entry_id) in self._meta  # removed entries leave _meta (tombstones only hide them in faiss)
+
+    @property
     def ids(self) -> np.ndarray:
         """Ids of the active entries (a copy)."""
         with self._lock:

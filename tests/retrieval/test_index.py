@@ -65,6 +65,29 @@ def test_approximate_indexes_agree_with_exact_search():
     assert results["IVF64,PQ16x4"][1] >= exact_label_recall - 0.05, (results, exact_label_recall)
 
 
+def test_search_breadth_trades_speed_for_exactness(tmp_path):
+    x, _, centres = clustered(3000, 32, 60, 1.5, seed=0)
+    q, _, _ = clustered(300, 32, 60, 1.5, seed=1, centres=centres)
+    _, exact = knn_search(q, x, 1)
+    index = GalleryIndex(32, FP, factory="IVF64,Flat", nprobe=1)
+    index.add(x, [{"sku": f"s{i}"} for i in range(len(x))])
+    narrow = (index.search(q, 1).ids[:, 0] == exact[:, 0]).mean()
+    index.set_search_breadth(nprobe=64)  # every list: IVF-Flat becomes exact
+    assert index.nprobe == 64 and (index.search(q, 1).ids[:, 0] == exact[:, 0]).all()
+    assert narrow < 0.95, narrow  # one list of 64 misses neighbours in other lists
+    index.save(tmp_path / "g")
+    assert GalleryIndex.load(tmp_path / "g").nprobe == 64
+    with pytest.raises(ValueError, match="ef_search must be a positive integer"):
+        index.set_search_breadth(ef_search=0)
+
+
+def test_contains_follows_add_and_remove():
+    index, _ = _gallery("HNSW32", n=50)  # HNSW cannot remove: the entry is tombstoned, yet not contained
+    assert 3 in index and 50 not in index
+    index.remove(ids=[3])
+    assert 3 not in index and index.num_tombstones == 1
+
+
 # ----------------------------------------------------------------------------- add / remove / rebuild
 @pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF16,Flat"])
 def test_add_then_remove_restores_previous_answers(factory):
