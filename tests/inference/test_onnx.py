@@ -12,8 +12,7 @@ import torch
 
 from src.inference.onnx import OrtClassifier, export_onnx
 from src.nn.fuse import fuse_conv_bn
-
-from nn_helpers import randomize_bn  # noqa: E402  (tests/inference/nn_helpers.py)
+from tests.bn_helpers import randomize_bn
 
 
 @pytest.fixture(scope="module")

@@ -11,17 +11,7 @@ import torch
 from torch import nn
 
 from src.nn.fuse import find_conv_bn_pairs, fuse_conv_bn
-
-
-def randomize_bn(model):
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.6 - 0.3)
-    return model.eval()
+from tests.bn_helpers import randomize_bn
 
 
 def count_bn(model):

@@ -1,4 +1,4 @@
-"""Shared by tests in this folder: BN layers with non-trivial statistics (folding them must matter)."""
+"""BN layers with non-trivial statistics, so that folding them into convs must matter (fusion and ONNX tests)."""
 
 import torch
 from torch import nn
