@@ -9,7 +9,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from src.data.datasets import ImageDataset, collate_skip_none
-from src.data.readers import DataFormatError, read_samples
+from src.data.readers import DataFormatError, Sample, read_samples
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         self.source.prepare()
 
-    def _dataset(self, split: str) -> ImageDataset:
+    def _read(self, split: str) -> list[Sample]:
+        """The samples of a split's list file, labels checked against `num_classes` (file named on error)."""
         path = self.source.root / self.paths[split]
         samples = read_samples(self.fmt, path, self.source.root)
         if self.num_classes is not None:
@@ -62,8 +63,11 @@ class ImageClassificationDataModule(L.LightningDataModule):
             if bad:
                 raise DataFormatError(
                     f"{path}: label {bad[0].label} of {bad[0].uid} is >= data.num_classes={self.num_classes}")
+        return samples
+
+    def _dataset(self, split: str) -> ImageDataset:
         transform = self.train_transform if split == "train" else self.eval_transform
-        return ImageDataset(samples, transform, on_error=self.on_error)
+        return ImageDataset(self._read(split), transform, on_error=self.on_error)
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}

@@ -7,7 +7,7 @@ import numpy as np
 
 from src.data.classification import ImageClassificationDataModule
 from src.data.datasets import ImageDataset
-from src.data.readers import DataFormatError, Sample, read_samples
+from src.data.readers import Sample
 
 
 def stratified_folds(labels, num_folds: int, seed: int = 0) -> np.ndarray:
@@ -40,16 +40,6 @@ class KFoldImageClassificationDataModule(ImageClassificationDataModule):
         if not 0 <= fold < num_folds:
             raise ValueError(f"data.fold must be in [0, {num_folds}), got {fold}")
         self.fold, self.num_folds, self.fold_seed = int(fold), int(num_folds), int(fold_seed)
-
-    def _read(self, split: str) -> list[Sample]:
-        path = self.source.root / self.paths[split]
-        samples = read_samples(self.fmt, path, self.source.root)
-        if self.num_classes is not None:
-            bad = [s for s in samples if s.label >= self.num_classes]
-            if bad:
-                raise DataFormatError(
-                    f"{path}: label {bad[0].label} of {bad[0].uid} is >= data.num_classes={self.num_classes}")
-        return samples
 
     def fold_samples(self) -> tuple[list[Sample], list[Sample]]:
         """(training samples, held-out samples) of this fold."""
