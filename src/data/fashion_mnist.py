@@ -3,8 +3,8 @@
 Converted once to PNG files and image lists (`path label uid`) rather than served by a DataModule of its own:
 the ImageClassificationDataModule, its albumentations transforms, samplers, k-fold and soft-label variants,
 `src.eval` data_overrides and the reports then work on it unchanged. The full conversion takes ~15 s and
-~280 MB of disk (70,000 small files); it is cached under `<data_dir>/<tag>/` (tag = hash of the parameters), written in a temporary folder
-and renamed into place like the generated worlds.
+~280 MB of disk (70,000 small files); it is cached under `<data_dir>/<tag>/` (tag = hash of the parameters),
+written in a temporary folder and renamed into place like the generated worlds.
 """
 
 from __future__ import annotations
@@ -65,6 +65,12 @@ def find_idx(raw_dir: str | os.PathLike, name: str) -> Path:
     raise FileNotFoundError(
         f"{raw_dir}: no {name}[.gz]; install the real data with `bash scripts/install_fashion_mnist.sh` "
         f"(Debian package dataset-fashion-mnist)")
+
+
+def missing_files(raw_dir: str | os.PathLike = DEFAULT_RAW_DIR) -> list[str]:
+    """Names of the four IDX files (plain or .gz) not found in `raw_dir`; empty when the data is installed."""
+    raw_dir = Path(raw_dir)
+    return [n for n in FILES.values() if not ((raw_dir / f"{n}.gz").is_file() or (raw_dir / n).is_file())]
 
 
 def load_split(raw_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
