@@ -51,12 +51,6 @@ def _setting(cfg: DictConfig, train_cfg: DictConfig, key: str, fallback: Any) ->
     return recipe.get(key) if recipe.get(key) is not None else fallback
 
 
-def checkpoint_categories(path: str | Path) -> list[dict] | None:
-    # mmap: reads the small categories entry without loading every tensor a second time.
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return ckpt.get(CATEGORIES_KEY)
-
-
 def _resize(image: np.ndarray, short_side: int | None, max_size: int | None) -> np.ndarray:
     if not short_side:
         return image
@@ -148,7 +142,7 @@ def detect(cfg: DictConfig) -> dict:
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     system.to(device).eval()
-    categories = checkpoint_categories(ckpt)
+    categories = system.categories  # restored by load_system (on_load_checkpoint)
     if categories is None:
         log.warning("%s has no %r: writing labels as category ids", ckpt, CATEGORIES_KEY)
         label_to_cat = None

@@ -17,6 +17,7 @@ from pycocotools.cocoeval import COCOeval
 from src.detect import detect
 from src.models.detection import CATEGORIES_KEY
 from src.train import train
+from src.utils.checkpoint import load_system
 from tests.conftest import TINY_WORLD_OVERRIDES, compose_cfg
 
 
@@ -43,6 +44,8 @@ def _detect(ckpt, tmp_path, data_dir, *overrides):
 def test_checkpoint_carries_categories(trained):
     ckpt, _, _ = trained
     assert torch.load(ckpt, map_location="cpu", weights_only=True)[CATEGORIES_KEY] == [{"id": 1, "name": "product"}]
+    system, _ = load_system(ckpt)  # restores them through on_load_checkpoint, as Lightning's own loading does
+    assert system.categories == [{"id": 1, "name": "product"}]
 
 
 def test_coco_input_results_load_and_evaluate_in_original_pixels(trained, tmp_path):

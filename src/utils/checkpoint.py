@@ -52,6 +52,7 @@ def load_system(path: str | Path, model_overrides: dict | None = None) -> tuple[
         if "checkpoint_path" in node:
             node.checkpoint_path = None  # the local init weights are not needed (nor maybe present) any more
     system = instantiate(model_cfg)
+    system.on_load_checkpoint(ckpt)  # as Lightning does: the module restores what it saved (e.g. categories)
     system.load_state_dict(ckpt["state_dict"])
     system.eval()
     return system, cfg
