@@ -69,3 +69,42 @@ def test_unknown_loss_weight_is_an_error():
     with pytest.raises(KeyError, match="unknown losses"):
         EmbeddingSystem(_net(), {"arcface": ArcFaceLoss(num_classes=2, embedding_size=32)}, torch.optim.SGD,
                         loss_weights={"arcfcae": 1.0})
+
+
+def _saved_bytes_and_grads(net, x, target):
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = (net(x) * target).sum()
+    loss.backward()
+    return sum(saved), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+
+def test_grad_checkpointing_keeps_gradients_and_stores_less():
+    torch.manual_seed(0)
+    plain = _net("resnet18").train()
+    ckpt = _net("resnet18", grad_checkpointing=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    x, target = torch.randn(4, 3, 64, 64), torch.randn(4, 32)
+    plain_bytes, plain_grads = _saved_bytes_and_grads(plain, x, target)
+    ckpt_bytes, ckpt_grads = _saved_bytes_and_grads(ckpt, x, target)
+    assert plain_grads.keys() == ckpt_grads.keys()
+    assert {n for n, _ in plain.backbone.named_parameters(prefix="backbone")} <= plain_grads.keys()
+    for name, g in plain_grads.items():
+        torch.testing.assert_close(ckpt_grads[name], g, rtol=1e-4, atol=1e-5, msg=name)
+    assert ckpt_bytes < 0.5 * plain_bytes  # activations between blocks only, recomputed in backward
+
+
+def test_grad_checkpointing_on_a_backbone_without_it_is_a_clear_error():
+    class Plain(nn.Module):
+        num_features = 8
+
+        def forward_features(self, x):
+            return x
+
+    with pytest.raises(ValueError, match="grad_checkpointing"):
+        EmbeddingNet(Plain(), embedding_dim=4, grad_checkpointing=True)
