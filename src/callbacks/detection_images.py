@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torchvision.utils import draw_bounding_boxes
 
 from src.data import keys
-from src.data.detection import TARGET
 from src.utils.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -93,7 +92,7 @@ class DetectionImageLogger(L.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if not self._active(trainer) or not outputs or batch is None or len(self.examples) >= self.num_images:
             return
-        for img, t, p, g in zip(batch[keys.IMAGE], batch[TARGET], outputs["preds"], outputs["targets"]):
+        for img, t, p, g in zip(batch[keys.IMAGE], batch[keys.TARGET], outputs["preds"], outputs["targets"]):
             if len(self.examples) < self.num_images:
                 self.examples.append({"image": img.detach().cpu(), "orig_size": t["orig_size"].tolist(),
                                       "pred": {k: v.detach().cpu() for k, v in p.items()},

@@ -1,7 +1,7 @@
 """Object detection data: a COCO dataset in torchvision's target format, aspect-ratio grouped batches, a
 DataModule, and the COCO results writer.
 
-Batches are dicts: {IMAGE: list of float CHW tensors in 0..1 (sizes differ), TARGET: list of target dicts}.
+Batches are dicts: {IMAGE: list of float CHW tensors in 0..1 (sizes differ), TARGET: list of target dicts (src.data.keys)}.
 A target holds
   boxes    float32 [N, 4] xyxy pixels of the transformed image     (what the model trains on)
   labels   int64 [N]: 1..C = position of the category in sorted-id order, or all 1 when class_agnostic
@@ -35,7 +35,6 @@ from src.utils.io import atomic_write_json
 log = logging.getLogger(__name__)
 
 # Batch key for the list of target dicts (belongs in src/data/keys.py next to IMAGE once the lead moves it).
-TARGET = "target"
 AGNOSTIC_CATEGORY = {"id": 1, "name": "product"}
 
 
@@ -114,7 +113,7 @@ class CocoDetectionDataset(Dataset):
                                   f"{im['width']}x{im['height']} in the annotations")
         target = self.raw_target(idx)
         image, target = self.transform(image, target)
-        return {keys.IMAGE: image, TARGET: self._finish_target(target, image, im, (h, w))}
+        return {keys.IMAGE: image, keys.TARGET: self._finish_target(target, image, im, (h, w))}
 
     def _finish_target(self, target: dict, image: torch.Tensor, im: dict, orig_hw: tuple[int, int]) -> dict:
         boxes = torch.as_tensor(np.asarray(target["boxes"], dtype=np.float32)).reshape(-1, 4)
@@ -140,7 +139,7 @@ def collate_detection(batch: list[dict | None]) -> dict | None:
     batch = [b for b in batch if b is not None]
     if not batch:
         return None
-    return {keys.IMAGE: [b[keys.IMAGE] for b in batch], TARGET: [b[TARGET] for b in batch]}
+    return {keys.IMAGE: [b[keys.IMAGE] for b in batch], keys.TARGET: [b[keys.TARGET] for b in batch]}
 
 
 def aspect_ratio_groups(ratios: Iterable[float]) -> list[int]:

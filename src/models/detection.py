@@ -25,7 +25,7 @@ from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 
 from src.data import keys
-from src.data.detection import AGNOSTIC_CATEGORY, TARGET, scale_boxes
+from src.data.detection import AGNOSTIC_CATEGORY, scale_boxes
 from src.models.detectors.torchvision_models import foreground_classes
 from src.models.optim import configure
 
@@ -112,7 +112,7 @@ class DetectionSystem(L.LightningModule):
         if batch is None:  # every image in the batch was unreadable
             return None
         images = batch[keys.IMAGE]
-        losses = self.model(images, self._model_targets(batch[TARGET]))
+        losses = self.model(images, self._model_targets(batch[keys.TARGET]))
         loss = sum(losses.values())
         if not math.isfinite(float(loss.detach())):
             # As torchvision's references/detection/engine.py: stop rather than train on NaN weights.
@@ -144,7 +144,7 @@ class DetectionSystem(L.LightningModule):
     def _eval_step(self, batch: dict | None, metric: MeanAveragePrecision) -> dict | None:
         if batch is None:
             return None
-        preds, gts = self.predict_original(batch[keys.IMAGE], batch[TARGET])
+        preds, gts = self.predict_original(batch[keys.IMAGE], batch[keys.TARGET])
         metric.update(preds, gts)
         return {"preds": preds, "targets": gts}
 
@@ -154,7 +154,7 @@ class DetectionSystem(L.LightningModule):
     def test_step(self, batch, batch_idx: int):
         out = self._eval_step(batch, self.test_map)
         if out is not None and len(self.test_examples) < self.keep_examples:
-            for img, t, p, g in zip(batch[keys.IMAGE], batch[TARGET], out["preds"], out["targets"]):
+            for img, t, p, g in zip(batch[keys.IMAGE], batch[keys.TARGET], out["preds"], out["targets"]):
                 if len(self.test_examples) < self.keep_examples:
                     self.test_examples.append({"image": img.detach().cpu(), "orig_size": t["orig_size"].tolist(),
                                                "pred": {k: v.detach().cpu() for k, v in p.items()},

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import RandomSampler, SequentialSampler
 
 from src.data import keys
-from src.data.detection import (TARGET, AspectRatioBatchSampler, CocoDetectionDataset, DetectionDataModule,
+from src.data.detection import (AspectRatioBatchSampler, CocoDetectionDataset, DetectionDataModule,
                                 aspect_ratio_groups, collate_detection, scale_boxes)
 from src.data.detection_transforms import (Compose, RandomHorizontalFlip, RandomShortestSideResize, ToTensor,
                                            eval_transforms, resized_shape, train_transforms)
@@ -125,18 +125,18 @@ def test_coco_dataset_targets_labels_and_empty_image(tmp_path):
     assert ds.categories == [{"id": 3, "name": "three"}, {"id": 7, "name": "seven"}, {"id": 11, "name": "eleven"}]
     assert ds.label_to_category_id == {1: 3, 2: 7, 3: 11}
     item = ds[0]
-    t = item[TARGET]
+    t = item[keys.TARGET]
     assert t["labels"].tolist() == [2, 1, 3]  # category ids 7, 3, 11 in sorted-id order
     assert t["image_id"].item() == 10 and t["orig_size"].tolist() == [H, W]
     np.testing.assert_allclose(t["boxes"].numpy(), np.array([r for r, _ in RECTS]) * 0.5, rtol=1e-6)
     back = scale_boxes(t["boxes"], item[keys.IMAGE].shape[-2:], t["orig_size"].tolist())
     np.testing.assert_allclose(back.numpy(), np.array([r for r, _ in RECTS]), rtol=1e-6)
-    empty = ds[1][TARGET]
+    empty = ds[1][keys.TARGET]
     assert empty["boxes"].shape == (0, 4) and empty["labels"].shape == (0,) and empty["labels"].dtype == torch.int64
     agnostic = CocoDetectionDataset(ann, class_agnostic=True)
-    assert agnostic[0][TARGET]["labels"].tolist() == [1, 1, 1] and agnostic.categories == [{"id": 1, "name": "product"}]
+    assert agnostic[0][keys.TARGET]["labels"].tolist() == [1, 1, 1] and agnostic.categories == [{"id": 1, "name": "product"}]
     batch = collate_detection([ds[0], None, ds[1]])  # an unreadable image (None) is dropped
-    assert len(batch[keys.IMAGE]) == 2 and len(batch[TARGET]) == 2
+    assert len(batch[keys.IMAGE]) == 2 and len(batch[keys.TARGET]) == 2
     assert collate_detection([None]) is None
 
 
@@ -144,7 +144,7 @@ def test_degenerate_boxes_dropped_with_a_warning(tmp_path, caplog):
     anns = _rect_anns() + [{"id": 9, "image_id": 10, "category_id": 3, "bbox": [60, 60, 1.5, 20], "iscrowd": 0}]
     ds = CocoDetectionDataset(_write_coco(tmp_path, anns), transform=eval_transforms(45))  # scale 0.5: 0.75 px wide
     with caplog.at_level(logging.WARNING):
-        t = ds[0][TARGET]
+        t = ds[0][keys.TARGET]
     assert len(t["boxes"]) == 3 and bool(((t["boxes"][:, 2:] - t["boxes"][:, :2]) >= 1).all())
     assert "dropped 1 box" in caplog.text and "[9]" in caplog.text and "ann.json" in caplog.text
 

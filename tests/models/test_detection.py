@@ -14,26 +14,20 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 from torch import nn
 from torch.utils.data import DataLoader
 
 from src.data import keys
-from src.data.detection import TARGET, DetectionDataModule
+from src.data.detection import DetectionDataModule
 from src.data.sources import RetailWorld
 from src.models.detection import DetectionSystem
 from src.models.detectors.torchvision_models import (NoResizeTransform, fasterrcnn, fasterrcnn_timm,
                                                       foreground_classes)
+from tests.models.detection_helpers import (cocoeval_stats, cpu_trainer, expected_metrics, gt_batches, resize_scale,
+                                            xyxy)
 
 log = logging.getLogger(__name__)
 SGD = functools.partial(torch.optim.SGD, lr=0.01)
-
-
-def _trainer(**kw) -> L.Trainer:
-    base = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                enable_model_summary=False, num_sanity_val_steps=0)
-    return L.Trainer(**{**base, **kw})
 
 
 # ---- (a) mAP equals pycocotools' COCOeval -----------------------------------------------------------------------
@@ -86,42 +80,17 @@ def _hand_made_set(seed: int = 0):
     return {"images": images, "annotations": anns, "categories": categories}, dets
 
 
-def _xyxy(b):
-    return [b[0], b[1], b[0] + b[2], b[1] + b[3]]
-
-
 def _batches(gt: dict, dets: list[dict], scale: float) -> tuple[list[dict], list[dict]]:
     """One image per batch at `scale` of its original size (the eval resize); GT and predictions in the resized
     pixels as a real detector would return them, orig_size the original."""
-    preds, batches = [], []
-    for k, im in enumerate(gt["images"]):
-        h, w = round(im["height"] * scale), round(im["width"] * scale)
-        sx, sy = w / im["width"], h / im["height"]
-        s = torch.tensor([sx, sy, sx, sy])
-        img = torch.zeros(3, h, w)
-        img[0, 0, 0] = k / 255
-        g = [a for a in gt["annotations"] if a["image_id"] == im["id"]]
+    preds = []
+    for im in gt["images"]:
+        s = resize_scale(im, scale)[2]
         d = [x for x in dets if x["image_id"] == im["id"]]
-        preds.append({"boxes": torch.tensor([_xyxy(x["bbox"]) for x in d]).reshape(-1, 4) * s,
+        preds.append({"boxes": torch.tensor([xyxy(x["bbox"]) for x in d]).reshape(-1, 4) * s,
                       "scores": torch.tensor([x["score"] for x in d]),
                       "labels": torch.tensor([x["category_id"] for x in d], dtype=torch.int64)})
-        target = {"boxes": torch.tensor([_xyxy(a["bbox"]) for a in g]).reshape(-1, 4) * s,
-                  "labels": torch.tensor([a["category_id"] for a in g], dtype=torch.int64),
-                  "iscrowd": torch.zeros(len(g), dtype=torch.int64), "image_id": torch.tensor(im["id"]),
-                  "orig_size": torch.tensor([im["height"], im["width"]])}
-        batches.append({keys.IMAGE: [img], TARGET: [target]})
-    return preds, batches
-
-
-def _cocoeval(gt: dict, dets: list[dict]) -> np.ndarray:
-    coco_gt = COCO()
-    coco_gt.dataset = gt
-    coco_gt.createIndex()
-    ev = COCOeval(coco_gt, coco_gt.loadRes(dets), "bbox")
-    ev.evaluate()
-    ev.accumulate()
-    ev.summarize()
-    return ev.stats
+    return preds, gt_batches(gt, scale)
 
 
 @pytest.mark.parametrize("scale", [1.0, 0.5])
@@ -130,18 +99,16 @@ def test_map_equals_pycocotools_cocoeval(scale):
     detector's boxes) are half size: equal numbers show boxes go back to original pixels, where COCO's
     small/medium/large area ranges are defined."""
     gt, dets = _hand_made_set()
-    stats = _cocoeval(gt, dets)
+    stats = cocoeval_stats(gt, dets)
     assert 0.2 < stats[0] < 0.9 and stats[3] > 0 and stats[5] > 0  # a non-trivial case in every area range
     preds, batches = _batches(gt, dets, scale)
     system = DetectionSystem(LookupDetector(preds), SGD)
     # The reference implementation itself, not faster_coco_eval (torchmetrics keeps the choice private).
     assert system.val_map._coco_backend.backend == "pycocotools"
     loader = DataLoader(batches, batch_size=None, collate_fn=lambda b: b)
-    _trainer().validate(system, dataloaders=loader, verbose=False)
+    cpu_trainer().validate(system, dataloaders=loader, verbose=False)
     got = {k: float(v) for k, v in _trainer_metrics(system).items()}
-    expected = {"val/map": stats[0], "val/map_50": stats[1], "val/map_75": stats[2], "val/map_small": stats[3],
-                "val/map_medium": stats[4], "val/map_large": stats[5], "val/mar_100": stats[8]}
-    for k, v in expected.items():
+    for k, v in expected_metrics(stats, "val").items():
         assert got[k] == pytest.approx(v, abs=1e-6), (k, got[k], v)
 
 
@@ -161,7 +128,7 @@ def test_detection_picture_saved_and_sent_to_tensorboard(tmp_path):
     preds, batches = _batches(gt, dets, 0.5)
     cb = DetectionImageLogger(num_images=3, score_threshold=0.3)
     tb = TensorBoardLogger(str(tmp_path / "tb"), name=None)
-    _trainer(default_root_dir=str(tmp_path), callbacks=[cb], logger=tb).validate(
+    cpu_trainer(default_root_dir=str(tmp_path), callbacks=[cb], logger=tb).validate(
         DetectionSystem(LookupDetector(preds), SGD), dataloaders=DataLoader(batches, batch_size=None,
                                                                             collate_fn=lambda b: b), verbose=False)
     (png,) = cb.saved
@@ -192,14 +159,14 @@ class ConstantLossDetector(nn.Module):
 def _one_batch(labels=(3, 1), iscrowd=(0, 1)):
     t = {"boxes": torch.tensor([[1.0, 1, 5, 5], [2, 2, 8, 8]]), "labels": torch.tensor(labels),
          "iscrowd": torch.tensor(iscrowd), "image_id": torch.tensor(1), "orig_size": torch.tensor([10, 10])}
-    return {keys.IMAGE: [torch.zeros(3, 10, 10)], TARGET: [t]}
+    return {keys.IMAGE: [torch.zeros(3, 10, 10)], keys.TARGET: [t]}
 
 
 @pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 def test_losses_logged_per_term_and_targets_cleaned():
     model = ConstantLossDetector()
     system = DetectionSystem(model, SGD, class_agnostic=True)
-    trainer = _trainer(max_steps=1, limit_val_batches=0)
+    trainer = cpu_trainer(max_steps=1, limit_val_batches=0)
     trainer.fit(system, train_dataloaders=DataLoader([_one_batch()], batch_size=None, collate_fn=lambda b: b))
     m = trainer.callback_metrics
     assert float(m["train/loss_classifier"]) == pytest.approx(1.0)
@@ -227,7 +194,7 @@ def test_class_count_mismatch_is_a_clear_error():
     model = fasterrcnn("fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=9)  # 8 foreground, data has 3
     assert foreground_classes(model) == 8
     with pytest.raises(ValueError, match=r"predicts 8 foreground classes but the data has 3.*num_classes to 4"):
-        _trainer().validate(DetectionSystem(model, SGD), datamodule=_CategoriesDM(), verbose=False)
+        cpu_trainer().validate(DetectionSystem(model, SGD), datamodule=_CategoriesDM(), verbose=False)
 
 
 # ---- factories ---------------------------------------------------------------------------------------------
@@ -299,7 +266,7 @@ def test_tiny_detector_overfits_four_scenes(tmp_path):
                             rpn_batch_size_per_image=64, box_batch_size_per_image=64)
     opt = functools.partial(torch.optim.AdamW, lr=2e-3, weight_decay=1e-4)
     system = DetectionSystem(model, opt, class_agnostic=True)
-    trainer = _trainer(max_epochs=OVERFIT_STEPS, check_val_every_n_epoch=OVERFIT_STEPS, gradient_clip_val=10.0,
+    trainer = cpu_trainer(max_epochs=OVERFIT_STEPS, check_val_every_n_epoch=OVERFIT_STEPS, gradient_clip_val=10.0,
                        log_every_n_steps=1)
     before = float(trainer.validate(system, datamodule=dm, verbose=False)[0]["val/map_50"])
     t0 = time.time()
