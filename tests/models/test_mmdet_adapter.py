@@ -21,31 +21,13 @@ from src.models.detectors.mmdet_adapter import (  # noqa: E402
     build_model_config,
     load_mmdet_checkpoint,
 )
+from tests.models.detection_helpers import MMDET_FEW_PROPOSALS as FEW_PROPOSALS  # noqa: E402
+from tests.models.detection_helpers import MMDET_SMALL_NET as SMALL_NET  # noqa: E402
 
 pytestmark = pytest.mark.mmdet
 
 NUM_CLASSES = 3
 STEPS = 30  # overfitting steps on one image
-# Fewer anchors sampled, proposals and RoIs, and a narrower box head: same graph, CPU-sized.
-FEW_PROPOSALS = {
-    "train_cfg.rpn.sampler.num": 64,
-    "train_cfg.rpn_proposal.nms_pre": 200,
-    "train_cfg.rpn_proposal.max_per_img": 50,
-    "train_cfg.rcnn.sampler.num": 64,
-    "test_cfg.rpn.nms_pre": 200,
-    "test_cfg.rpn.max_per_img": 50,
-    "roi_head.bbox_head.fc_out_channels": 128,
-}
-# ResNet-18 and 64-channel FPN/heads: ~3x cheaper than R50-FPN, same detector code paths.
-SMALL_NET = {
-    "backbone.depth": 18,
-    "neck.in_channels": [64, 128, 256, 512],
-    "neck.out_channels": 64,
-    "rpn_head.in_channels": 64,
-    "rpn_head.feat_channels": 64,
-    "roi_head.bbox_roi_extractor.out_channels": 64,
-    "roi_head.bbox_head.in_channels": 64,
-}
 
 
 def make_model(seed=0, small=True, **extra):
@@ -89,6 +71,14 @@ def test_config_is_the_shipped_faster_rcnn_without_pretrained_download():
     pre = cfg["data_preprocessor"]
     assert pre["bgr_to_rgb"] is False and pre["rgb_to_bgr"] is False
     assert pre["mean"] == [123.675, 116.28, 103.53]
+
+
+def test_pretrained_flag_and_nested_options():
+    # Only the config is built: pretrained=True keeps the download instruction, it does not download.
+    cfg = build_model_config(pretrained=True, cfg_options={"backbone": {"norm_eval": False}})
+    assert cfg["backbone"]["init_cfg"] == {"type": "Pretrained", "checkpoint": "torchvision://resnet50"}
+    # Nested options merge into the config's dicts (as Hydra YAML gives them) instead of replacing them.
+    assert cfg["backbone"]["norm_eval"] is False and cfg["backbone"]["depth"] == 50
 
 
 def test_train_step_gives_finite_losses_and_head_gradients():

@@ -105,11 +105,15 @@ def build_model_config(
     config: str | os.PathLike | Mapping = DEFAULT_CONFIG,
     num_classes: int = 1,
     cfg_options: Mapping[str, Any] | None = None,
+    pretrained: bool = False,
 ) -> dict:
-    """mmdet model dict with num_classes set, no pretrained download, RGB 0..255 input.
+    """mmdet model dict with num_classes set, RGB 0..255 input and, unless `pretrained`, no download.
 
-    cfg_options: dotted keys relative to the model dict, applied last, e.g.
-    {"train_cfg.rpn_proposal.max_per_img": 100, "backbone.depth": 18}.
+    cfg_options: keys relative to the model dict, applied last, dotted or nested (nested dicts merge
+    into the config's, as in mmengine), e.g. {"train_cfg.rpn_proposal.max_per_img": 100,
+    "backbone": {"depth": 18}}.
+    pretrained: keep the config's backbone init_cfg (for R50: ImageNet weights from
+    torchvision://resnet50, fetched at init_weights(), needs internet); False drops it.
     """
     from mmengine.config import Config
 
@@ -118,7 +122,7 @@ def build_model_config(
     model = load_model_config(config)
     if _set_num_classes(model, num_classes) == 0:
         raise KeyError("model config has no num_classes key outside rpn_head: not a detector config?")
-    if isinstance(model.get("backbone"), dict):
+    if isinstance(model.get("backbone"), dict) and not pretrained:
         # Pretrained backbones are fetched from the internet at init_weights(); tests and CI must not.
         model["backbone"]["init_cfg"] = None
     preprocessor = model.get("data_preprocessor") or {"type": "DetDataPreprocessor"}
@@ -179,8 +183,9 @@ class MMDetDetector(nn.Module):
     """An mmdet detector (default: Faster R-CNN R50-FPN shipped with mmdet) behind torchvision's API.
 
     num_classes counts foreground classes (C); torchvision-side labels are 1..C.
-    config / cfg_options: see `build_model_config`. Weights are mmdet's own init (init_weights()),
-    with no pretrained backbone; load weights with `load_mmdet_checkpoint`.
+    config / cfg_options / pretrained: see `build_model_config`. Weights are mmdet's own init
+    (init_weights()), with no pretrained backbone unless pretrained=True; load weights with
+    `load_mmdet_checkpoint`. Checkpoints are rebuilt with pretrained=False (src.utils.checkpoint).
     """
 
     def __init__(
@@ -189,6 +194,7 @@ class MMDetDetector(nn.Module):
         num_classes: int = 1,
         cfg_options: Mapping[str, Any] | None = None,
         init_weights: bool = True,
+        pretrained: bool = False,
     ) -> None:
         super().__init__()
         from mmdet.registry import MODELS  # lazily imports mmdet.models on first build
@@ -196,7 +202,7 @@ class MMDetDetector(nn.Module):
         from mmengine.registry import DefaultScope
 
         self.num_classes = num_classes
-        self.model_cfg = build_model_config(config, num_classes, cfg_options)
+        self.model_cfg = build_model_config(config, num_classes, cfg_options, pretrained)
         # A scoped default ("mmdet") resolves nested types without changing global state.
         with DefaultScope.overwrite_default_scope("mmdet"):
             # ConfigDict: mmdet reads sub-configs by attribute (train_cfg.rpn).
