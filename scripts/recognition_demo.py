@@ -3,8 +3,9 @@ new product added to the gallery and recognised without retraining.
 
     python scripts/recognition_demo.py [--embedder CKPT] [--detector CKPT]
 
-Without arguments it takes the newest finished runs under outputs/: the embedder of `make demo`
-(experiment=demo_retrieval) and the detector of experiment=detection_demo. Work files go to --workdir.
+Without arguments it takes the newest finished runs under outputs/ (any EmbeddingSystem and DetectionSystem:
+experiment=recognition_embedder / recognition_detector, or `make demo` and detection_demo). Work files go to
+--workdir. Commands and measured quality: experiments/recognition_demo/README.md.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def main(argv=None) -> None:
     emb_ckpt = args.embedder or newest_run(Path(args.outputs), "src.models.embedding.EmbeddingSystem")
     det_ckpt = args.detector or newest_run(Path(args.outputs), "src.models.detection.DetectionSystem")
     if emb_ckpt is None:
-        raise SystemExit("no embedder: run `make demo` (experiment=demo_retrieval) or pass --embedder")
+        raise SystemExit("no embedder: run `python -m src.train experiment=recognition_embedder` "
+                         "(see experiments/recognition_demo/README.md) or pass --embedder")
     print(f"embedder: {emb_ckpt}\ndetector: {det_ckpt or 'none (ground-truth boxes used instead)'}")
     root = world_root(str(emb_ckpt), None)
     embedder = Embedder.from_checkpoint(emb_ckpt)
