@@ -9,7 +9,7 @@ export GLIBC_TUNABLES := glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=687
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: install install-mmdet install-browser install-fashion-mnist demo train eval serve test test-all test-mmdet test-browser test-fashion-mnist ci clean-outputs
+.PHONY: install install-mmdet install-browser install-fashion-mnist demo train eval serve test test-all test-mmdet test-browser test-fashion-mnist test-recipes ci clean-outputs
 
 install: $(ENV_STAMP)
 
@@ -65,8 +65,13 @@ serve: $(ENV_STAMP)
 test-fashion-mnist: $(ENV_STAMP) install-fashion-mnist
 	REQUIRE_FASHION_MNIST=1 $(PY) -m pytest -m fashion_mnist $(ARGS)
 
-# What CI runs: the fast suite, then the mmdet backend, the browser test and the real-data test (must run, not skip).
-ci: test test-mmdet test-browser test-fashion-mnist
+# Full-size recipes on CPU, as their acceptance commands (effb5_arcface fast_dev_run: ~11 min, ~18 GB RSS).
+test-recipes: $(ENV_STAMP)
+	$(PY) -m pytest -m recipe_smoke $(ARGS)
+
+# What CI runs: the fast suite, then the mmdet backend, the browser test, the real-data test (must run, not
+# skip) and the full-size recipe smoke test.
+ci: test test-mmdet test-browser test-fashion-mnist test-recipes
 
 clean-outputs:
 	rm -rf outputs
