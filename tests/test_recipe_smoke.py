@@ -1,6 +1,6 @@
 """Issue 3's acceptance command, verbatim: the full EfficientNet-B5 ArcFace recipe (456 px, 32-crop P x K batches)
-runs one train/val/test batch on a CPU host. 2 min 16 s in a clean-clone CI run on 2 idle cores (10.6 min under load), ~18 GB RSS (experiments/grad_checkpointing):
-`slow`, run by `make test-recipes` in CI."""
+runs one train/val/test batch on a CPU host: 2 min 16 s in a clean-clone CI run on 2 idle cores (10.6 min under
+load), ~18 GB RSS (experiments/grad_checkpointing). `slow`, run by `make test-recipes` in CI."""
 
 import json
 import subprocess
