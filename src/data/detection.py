@@ -1,7 +1,8 @@
 """Object detection data: a COCO dataset in torchvision's target format, aspect-ratio grouped batches, a
 DataModule, and the COCO results writer.
 
-Batches are dicts: {IMAGE: list of float CHW tensors in 0..1 (sizes differ), TARGET: list of target dicts (src.data.keys)}.
+Batches are dicts (keys from src.data.keys): {IMAGE: list of float CHW tensors in 0..1 (sizes differ), TARGET: list
+of target dicts}.
 A target holds
   boxes    float32 [N, 4] xyxy pixels of the transformed image     (what the model trains on)
   labels   int64 [N]: 1..C = position of the category in sorted-id order, or all 1 when class_agnostic
@@ -34,7 +35,6 @@ from src.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-# Batch key for the list of target dicts (belongs in src/data/keys.py next to IMAGE once the lead moves it).
 AGNOSTIC_CATEGORY = {"id": 1, "name": "product"}
 
 

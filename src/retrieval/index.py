@@ -170,8 +170,6 @@ class GalleryIndex:
         self._factory = factory
         self._threshold = None if threshold is None else float(threshold)
         self._num_shards = int(num_shards)
-        self._nprobe = int(nprobe)
-        self._ef_search = int(ef_search)
         self._chunk_size = int(chunk_size)
         self._use_gpu = bool(use_gpu)
         if self._use_gpu and faiss.get_num_gpus() == 0:
@@ -186,6 +184,7 @@ class GalleryIndex:
         self._key_to_id: dict[tuple[str, str], int] = {}
         self._tombstones: set[int] = set()  # in the faiss index but removed
         self._next_id = 0
+        self.set_search_breadth(nprobe=nprobe, ef_search=ef_search)  # one validation for construction and later changes
 
     # ------------------------------------------------------------------ properties
     @property
