@@ -64,9 +64,10 @@ def test_coco_input_results_load_and_evaluate_in_original_pixels(trained, tmp_pa
     assert -1 <= ev.stats[0] <= 1
     boxes = np.array([d["bbox"] for d in json.loads(Path(out["results"]).read_text())])
     x2, y2 = boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]
-    assert x2.max() <= 320 + 1e-3 and y2.max() <= 240 + 1e-3
-    # The model saw 160x120 images; boxes beyond x=160 exist only if they were mapped back to 320x240.
-    assert x2.max() > 200
+    h, w = gt.dataset["images"][0]["height"], gt.dataset["images"][0]["width"]
+    assert x2.max() <= w + 1e-3 and y2.max() <= h + 1e-3
+    # The model saw images 120 px high (160 wide); boxes beyond x=200 exist only if mapped back to the photo.
+    assert w > 200 and x2.max() > 200
 
 
 def test_folder_input_with_crops_and_default_threshold(trained, tmp_path):
@@ -96,7 +97,7 @@ def test_video_input_reads_chosen_frames(trained, tmp_path):
     video = tmp_path / "stream.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (320, 240))
     for src in sorted((root / "images/scenes/val").glob("*.jpg"))[:4]:
-        writer.write(cv2.imread(str(src)))
+        writer.write(cv2.resize(cv2.imread(str(src)), (320, 240)))  # the writer drops frames of another size
     writer.release()
     out = _detect(ckpt, tmp_path, data_dir, f"input={video}", "video_frames=[1,3,50]", "score_threshold_video=0.0",
                   "video_short_side=120")

@@ -4,7 +4,8 @@ query set is its own gallery and self-matches are dropped by the evaluation call
 
 from __future__ import annotations
 
-from typing import Callable
+import os
+from typing import Callable, Sequence
 
 import lightning as L
 import numpy as np
@@ -35,7 +36,7 @@ class RetrievalDataModule(L.LightningDataModule):
     def __init__(
         self,
         source,
-        train: str,
+        train: str | Sequence[str],
         val_query: str,
         val_gallery: str | None = None,
         test_query: str | None = None,
@@ -70,16 +71,24 @@ class RetrievalDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         self.source.prepare()
 
+    def _samples(self, split: str) -> list:
+        """The split's list file, or the concatenation of several (e.g. shopper photos + studio shots)."""
+        files = self.paths[split]
+        samples = []
+        for rel in [files] if isinstance(files, (str, os.PathLike)) else files:
+            part = read_samples(self.fmt, self.source.root / rel, self.source.root)
+            if split == "train" and self.num_classes is not None:
+                bad = [x for x in part if x.label >= self.num_classes]
+                if bad:
+                    raise DataFormatError(f"{self.source.root / rel}: label {bad[0].label} of "
+                                          f"{bad[0].uid} is >= data.num_classes={self.num_classes}")
+            samples.extend(part)
+        return samples
+
     def dataset(self, split: str) -> ImageDataset:
         if split not in self.datasets:
-            samples = read_samples(self.fmt, self.source.root / self.paths[split], self.source.root)
             transform = self.train_transform if split == "train" else self.eval_transform
-            if split == "train" and self.num_classes is not None:
-                bad = [x for x in samples if x.label >= self.num_classes]
-                if bad:
-                    raise DataFormatError(f"{self.source.root / self.paths[split]}: label {bad[0].label} of "
-                                          f"{bad[0].uid} is >= data.num_classes={self.num_classes}")
-            self.datasets[split] = ImageDataset(samples, transform, on_error=self.on_error)
+            self.datasets[split] = ImageDataset(self._samples(split), transform, on_error=self.on_error)
         return self.datasets[split]
 
     def setup(self, stage: str | None = None) -> None:

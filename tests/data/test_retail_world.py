@@ -2,6 +2,7 @@ import hashlib
 import json
 
 import numpy as np
+import pytest
 
 from src.data.images import read_rgb
 from src.data.retail_world import WorldSpec, ensure_world, make_catalogue
@@ -66,3 +67,41 @@ def test_world_layout_and_open_set_split(tmp_path):
         assert 0 <= x and 0 <= y and x + w <= im["width"] and y + h <= im["height"] and w > 0 and h > 0
         img = read_rgb(str(root / im["file_name"]))
         assert img.shape[:2] == (im["height"], im["width"])
+
+
+def _labels(root, name):
+    return [int(line.split()[1]) for line in (root / f"lists/{name}.txt").read_text().splitlines()]
+
+
+def test_counter_crops_keep_the_open_set_split(tmp_path):
+    root = ensure_world(tmp_path, WorldSpec(**SMALL))
+    assert set(_labels(root, "counter_train")) <= {0, 1} and _labels(root, "catalogue_train") == [0, 1]
+    for half in ("val", "test"):
+        crops = _labels(root, f"counter_query_{half}")
+        # Never-seen SKUs only, and the same identities as that half's shopper queries.
+        assert crops and set(crops) <= set(_labels(root, f"query_{half}"))
+    assert not set(_labels(root, "counter_query_val")) & set(_labels(root, "counter_query_test"))
+    scene_h, scene_w = WorldSpec(**SMALL).scene_size
+    for line in (root / "lists/counter_train.txt").read_text().splitlines():
+        crop = read_rgb(str(root / line.split()[0]))
+        # A product crop (0.11-0.2 of the counter's width, loose box), not the whole counter.
+        assert 0.05 * scene_w < crop.shape[1] < 0.6 * scene_w and crop.shape[0] < scene_h
+
+
+def test_datamodule_concatenates_several_training_lists(tmp_path):
+    from omegaconf import ListConfig
+
+    from src.data.readers import DataFormatError
+    from src.data.retrieval import RetrievalDataModule
+    from src.data.sources import RetailWorld
+
+    source = RetailWorld(str(tmp_path), **SMALL)
+    lists = ListConfig(["lists/train.txt", "lists/counter_train.txt"])  # as Hydra passes a YAML list
+    dm = RetrievalDataModule(source, train=lists, val_query="lists/query_val.txt", num_classes=2)
+    dm.prepare_data()
+    n = [len((source.root / p).read_text().splitlines()) for p in lists]
+    assert len(dm.dataset("train")) == sum(n) and min(n) > 0
+    bad = RetrievalDataModule(source, train=["lists/train.txt", "lists/query.txt"], val_query="lists/query_val.txt",
+                              num_classes=2)
+    with pytest.raises(DataFormatError, match=r"lists/query\.txt: label \d+ .*>= data\.num_classes=2"):
+        bad.dataset("train")

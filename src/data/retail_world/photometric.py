@@ -101,6 +101,9 @@ def jpeg_bytes(rgb: np.ndarray, quality: int) -> bytes:
     return buf.tobytes()
 
 
+def jpeg_decode(data: bytes) -> np.ndarray:
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
 def jpeg_roundtrip(rgb: np.ndarray, quality: int) -> np.ndarray:
-    buf = np.frombuffer(jpeg_bytes(rgb, quality), np.uint8)
-    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    return jpeg_decode(jpeg_bytes(rgb, quality))
