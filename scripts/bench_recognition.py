@@ -188,7 +188,7 @@ def main(argv=None) -> None:
         if e.dim != DIM:  # the demo embedder searches its own (same-size) gallery
             g = GalleryIndex(e.dim, e.fingerprint, factory="HNSW32")
             fill = l2_normalize(rng.standard_normal((n_fill, e.dim), dtype=np.float32))
-            g.add(np.concatenate([embed_entries(e, entries), fill]), rows)
+            g.add(np.concatenate([embed_entries(e, entries, gallery=True), fill]), rows)
         else:
             g = hnsw
         pipe = RecognitionPipeline(e, g, det)

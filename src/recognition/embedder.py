@@ -4,6 +4,8 @@
 that src.train stores in every checkpoint, so a gallery is always queried with the same preprocessing it was
 built with. `fingerprint` = sha256 of the network's weights and the preprocessing config: GalleryIndex
 refuses searches whose fingerprint differs (another model, or the same model with another resize).
+Gallery images may be enrolled through views (src/recognition/gallery_views.py, the checkpoint config's
+``recognition.gallery_views``); the views are part of the fingerprint, so a gallery never mixes policies.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
+
+from src.recognition.gallery_views import check_views, render_views
 
 __all__ = ["Embedder", "albumentations_preprocess", "compute_fingerprint"]
 
@@ -64,10 +68,13 @@ class Embedder:
         dim: embedding size; read from ``net.embedding_dim`` when omitted, else found on the first call.
         device: where the net runs.
         batch_size: crops per forward pass.
+        gallery_views: names of src.recognition.gallery_views.GALLERY_VIEWS; :meth:`embed_gallery` enrols an
+            image as the mean embedding of the image and these views. Non-empty views extend the fingerprint.
     """
 
     def __init__(self, net: nn.Module, preprocess: Preprocess, fingerprint: str, *, dim: int | None = None,
-                 device: str | torch.device = "cpu", batch_size: int = 64) -> None:
+                 device: str | torch.device = "cpu", batch_size: int = 64,
+                 gallery_views: Sequence[str] = ()) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not fingerprint:
@@ -75,6 +82,10 @@ class Embedder:
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         self.preprocess = preprocess
+        self.gallery_views = check_views(gallery_views)
+        if self.gallery_views:
+            views = json.dumps(list(self.gallery_views))
+            fingerprint = hashlib.sha256(f"{fingerprint}|gallery_views|{views}".encode()).hexdigest()
         self.fingerprint = fingerprint
         self.batch_size = int(batch_size)
         self._dim = dim if dim is not None else getattr(net, "embedding_dim", None)
@@ -97,7 +108,9 @@ class Embedder:
             raise KeyError(f"{ckpt}: its config has no data.eval_transform; cannot rebuild the preprocessing")
         transform_dict = OmegaConf.to_container(transform_cfg, resolve=True)
         preprocess = albumentations_preprocess(instantiate(transform_cfg))
-        return cls(net, preprocess, compute_fingerprint(net, transform_dict), device=device, batch_size=batch_size)
+        views = OmegaConf.select(cfg, "recognition.gallery_views", default=None) or ()
+        return cls(net, preprocess, compute_fingerprint(net, transform_dict), device=device, batch_size=batch_size,
+                   gallery_views=list(views))
 
     @property
     def dim(self) -> int:
@@ -131,3 +144,14 @@ class Embedder:
         if self._dim is None:
             self._dim = out.shape[1]
         return out
+
+    def embed_gallery(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Embeddings to enrol product images with: the L2-normalised mean over each image and its
+        ``gallery_views`` (just :meth:`embed` without views)."""
+        if not self.gallery_views:
+            return self.embed(images)
+        images = [_check_crop(c, i) for i, c in enumerate(images)]
+        n_views = 1 + len(self.gallery_views)
+        flat = self.embed([v for im in images for v in render_views(im, self.gallery_views)])
+        mean = flat.reshape(len(images), n_views, -1).mean(axis=1)
+        return (mean / np.linalg.norm(mean, axis=1, keepdims=True).clip(min=1e-12)).astype(np.float32)

@@ -89,9 +89,12 @@ def entries_from_image_list(list_file: str | os.PathLike, catalogue: dict[str, d
     return entries
 
 
-def embed_entries(embedder: Embedder, entries: Sequence[ProductImage], chunk: int = 256) -> np.ndarray:
-    """Embeddings of the entries' images, read ``chunk`` at a time (bounded memory for large lists)."""
-    parts = [embedder.embed([e.pixels() for e in entries[i:i + chunk]]) for i in range(0, len(entries), chunk)]
+def embed_entries(embedder: Embedder, entries: Sequence[ProductImage], chunk: int = 256,
+                  gallery: bool = False) -> np.ndarray:
+    """Embeddings of the entries' images, read ``chunk`` at a time (bounded memory for large lists); with
+    ``gallery`` as enrolled into a gallery (Embedder.embed_gallery: through the embedder's gallery views)."""
+    embed = embedder.embed_gallery if gallery else embedder.embed
+    parts = [embed([e.pixels() for e in entries[i:i + chunk]]) for i in range(0, len(entries), chunk)]
     return np.concatenate(parts) if parts else np.zeros((0, embedder.dim), np.float32)
 
 
@@ -197,7 +200,7 @@ class Gallery:
         If saving fails the additions are taken back out, so memory never holds what the disk lacks."""
         entries = list(entries)
         todo = self._new(entries)  # unlocked pre-filter: embedding is the slow part, do not embed known images
-        vectors = embed_entries(self.embedder, todo)
+        vectors = embed_entries(self.embedder, todo, gallery=True)
         with self._write_lock:
             keep = [i for i, e in enumerate(todo) if (str(e.sku), e.image_path) not in self._keys]  # lost a race?
             todo, vectors = [todo[i] for i in keep], vectors[keep]

@@ -76,7 +76,8 @@ def counter_photo(skus: list[SKU], seed: int = 0, size: tuple[int, int] = (240, 
     return img, np.asarray(boxes, np.float32), [s.sku_id for s in skus]
 
 
-def write_tiny_checkpoint(path: Path, tmp_dir: Path, image_size: int = 32, embedding_dim: int = 32) -> Path:
+def write_tiny_checkpoint(path: Path, tmp_dir: Path, image_size: int = 32, embedding_dim: int = 32,
+                          gallery_views: list[str] | None = None) -> Path:
     """An EmbeddingSystem checkpoint with the keys src.train writes (state_dict + resolved hydra_config),
     random weights, built from conf/ (demo_retrieval with a 0.1M-parameter timm test backbone)."""
     from hydra.utils import instantiate
@@ -94,6 +95,8 @@ def write_tiny_checkpoint(path: Path, tmp_dir: Path, image_size: int = 32, embed
     config = {"model": OmegaConf.to_container(cfg.model, resolve=True),
               "data": {"image_size": image_size,
                        "eval_transform": OmegaConf.to_container(cfg.data.eval_transform, resolve=True)}}
+    if gallery_views is not None:
+        config["recognition"] = {"gallery_views": list(gallery_views)}
     torch.save({"state_dict": system.state_dict(), CONFIG_KEY: config}, path)
     return path
 
