@@ -9,7 +9,7 @@ export GLIBC_TUNABLES := glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=687
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: install install-mmdet install-browser install-fashion-mnist demo train eval serve test test-all test-mmdet test-browser test-fashion-mnist test-recipes ci clean-outputs
+.PHONY: install install-mmdet install-browser install-fashion-mnist demo recognition-demo train eval serve test test-all test-mmdet test-browser test-fashion-mnist test-recipes ci clean-outputs
 
 install: $(ENV_STAMP)
 
@@ -36,6 +36,15 @@ install-fashion-mnist:
 # Open-set retrieval on the embedded retail world: recall@1 on unseen products before and after training.
 demo: $(ENV_STAMP)
 	$(PY) -m src.train experiment=demo_retrieval $(ARGS)
+
+# The recognition system end to end (experiments/recognition_demo): trains the checkout embedder and detector
+# unless their runs exist (~27 min on 2 idle CPU cores), then gallery -> receipt -> a new product added without
+# retraining -> receipts of all val photos -> live-stream matching.
+RECOG := outputs/recognition_demo
+recognition-demo: $(ENV_STAMP)
+	test -f $(RECOG)/embedder/train_summary.json || $(PY) -m src.train experiment=recognition_embedder logger=csv hydra.run.dir=$(RECOG)/embedder
+	test -f $(RECOG)/detector/train_summary.json || $(PY) -m src.train experiment=recognition_detector logger=csv hydra.run.dir=$(RECOG)/detector
+	$(PY) scripts/recognition_demo.py --embedder $(RECOG)/embedder --detector $(RECOG)/detector $(ARGS)
 
 train: $(ENV_STAMP)
 	$(PY) -m src.train $(ARGS)

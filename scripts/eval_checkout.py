@@ -26,11 +26,20 @@ from hydra.utils import instantiate  # noqa: E402
 from src.recognition.checkout import basket_metrics, checkout  # noqa: E402
 from src.recognition.detector import Detector  # noqa: E402
 from src.recognition.embedder import Embedder  # noqa: E402
-from src.recognition.gallery import Gallery, choose_threshold, embed_entries, read_catalogue  # noqa: E402
+from src.recognition.gallery import (  # noqa: E402
+    Gallery,
+    choose_threshold,
+    embed_entries,
+    entries_from_image_list,
+    read_catalogue,
+)
 from src.recognition.pipeline import RecognitionPipeline  # noqa: E402
 from src.recognition.world import catalogue_entries, counter_scenes, scene_crop_entries  # noqa: E402
 from src.utils.checkpoint import config_from_checkpoint  # noqa: E402
 from src.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
+
+# Counter crops of never-seen SKUs (the validation half): genuine and impostor scores as the open set meets them.
+CALIBRATION_LIST = "lists/counter_query_val.txt"
 
 
 def world_root(embedder_ckpt: str, override: str | None) -> Path:
@@ -60,6 +69,13 @@ def main(argv=None) -> None:
     p.add_argument("--world", help="retail world folder (default: the embedder's training world)")
     p.add_argument("--target-far", type=float, nargs="+", default=[0.01, 0.1, 0.3],
                    help="false-accept rates to calibrate a threshold for (one row each)")
+    p.add_argument("--calibration", default=CALIBRATION_LIST,
+                   help="image list (relative to the world) of the crops the thresholds are chosen on, or "
+                        "'train-scenes' for the ground-truth crops of the train counter photos (which hold "
+                        "training SKUs: optimistic for an embedder trained on their counter crops)")
+    p.add_argument("--gallery-views", nargs="*", default=None,
+                   help="views to enrol catalogue images with (none given: no views; default: the checkpoint's "
+                        "recognition.gallery_views)")
     p.add_argument("--out", default="experiments/checkout")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: OpenMP threads spin against other jobs on a shared 2-core machine)")
@@ -70,11 +86,14 @@ def main(argv=None) -> None:
     t0 = time.time()
 
     root = world_root(args.embedder, args.world)
-    embedder = Embedder.from_checkpoint(args.embedder)
+    embedder = Embedder.from_checkpoint(args.embedder, gallery_views=args.gallery_views)
     prices = {sku: meta["price"] for sku, meta in read_catalogue(root / "catalogue.json").items()}
     gallery = Gallery.create(embedder)
     gallery.add(catalogue_entries(root))
-    calib = scene_crop_entries(counter_scenes(root, "train"))
+    if args.calibration == "train-scenes":
+        calib = scene_crop_entries(counter_scenes(root, "train"))
+    else:
+        calib = entries_from_image_list(root / args.calibration, root=root)
     calib_vectors = embed_entries(embedder, calib)
     reports = [choose_threshold(gallery.index, calib_vectors, [e.sku for e in calib], far) for far in args.target_far]
     scenes = counter_scenes(root, "val")
@@ -91,8 +110,9 @@ def main(argv=None) -> None:
 
     out = Path(args.out)
     cmd = "python scripts/eval_checkout.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    metrics = {"command": cmd, "world": str(root), "embedder": args.embedder, "detector": args.detector,
-               "embedder_fingerprint": embedder.fingerprint, "gallery_images": len(gallery),
+    metrics = {"command": cmd, "world": str(root), "calibration_crops": args.calibration, "embedder": args.embedder, "detector": args.detector,
+               "embedder_fingerprint": embedder.fingerprint,
+               "gallery_views": list(embedder.gallery_views), "gallery_images": len(gallery),
                "val_scenes": len(scenes), "val_products": sum(len(s.skus) for s in scenes),
                "calibration": [r.to_dict() for r in reports], "rows": rows, "seconds": round(time.time() - t0, 1)}
     atomic_write_json(out / "metrics.json", metrics)
@@ -114,9 +134,10 @@ def render(m: dict) -> str:
         f"- world: `{m['world']}`; {m['val_scenes']} val scenes, {m['val_products']} products on the counters",
         f"- embedder: `{m['embedder']}` (fingerprint `{m['embedder_fingerprint'][:16]}`)",
         f"- detector: `{m['detector']}`" if m["detector"] else "- detector: none (ground-truth boxes only)",
-        f"- gallery: {m['gallery_images']} catalogue images, one per SKU (training and never-seen SKUs)",
-        "- thresholds chosen on the ground-truth crops of the train scenes (genuine: best score to the crop's own "
-        "SKU; impostor: best score to any other SKU, i.e. the SKU held out of the gallery): "
+        f"- gallery: {m['gallery_images']} catalogue images, one per SKU (training and never-seen SKUs), enrolled "
+        + (f"with views {m['gallery_views']}" if m.get("gallery_views") else "as they are (no gallery views)"),
+        f"- thresholds chosen on the crops of `{m.get('calibration_crops', 'train-scenes')}` (genuine: best score "
+        "to the crop's own SKU; impostor: best score to any other SKU, i.e. the SKU held out of the gallery): "
         + "; ".join(f"FAR {c['target_far']:g} -> {c['threshold']:.4f} (measured FAR {c['far']:.3f}, FRR "
                     f"{c['frr']:.3f})" for c in m["calibration"])
         + f" on {m['calibration'][0]['n_genuine']} genuine / {m['calibration'][0]['n_impostor']} impostor scores",

@@ -1,11 +1,12 @@
 """The recognition demo: gallery from the demo's trained models, a checkout receipt against the truth, and a
 new product added to the gallery and recognised without retraining.
 
-    python scripts/recognition_demo.py [--embedder CKPT] [--detector CKPT]
+    python scripts/recognition_demo.py [--embedder CKPT|RUN_DIR] [--detector CKPT|RUN_DIR]
 
-Without arguments it takes the newest finished runs under outputs/ (any EmbeddingSystem and DetectionSystem:
-experiment=recognition_embedder / recognition_detector, or `make demo` and detection_demo). Work files go to
---workdir. Commands and measured quality: experiments/recognition_demo/README.md.
+A run directory stands for its best checkpoint; without arguments it takes the newest finished runs under
+outputs/ (any EmbeddingSystem and DetectionSystem). `make recognition-demo` trains experiment=
+recognition_embedder / recognition_detector first. Work files go to --workdir. Commands and measured quality:
+experiments/recognition_demo/README.md.
 """
 
 from __future__ import annotations
@@ -22,16 +23,16 @@ sys.path.insert(0, str(ROOT))
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from src.recognition.checkout import checkout  # noqa: E402
+from src.recognition.checkout import basket_metrics, checkout  # noqa: E402
 from src.recognition.detector import Detector  # noqa: E402
 from src.recognition.embedder import Embedder  # noqa: E402
-from src.recognition.gallery import Gallery  # noqa: E402
+from src.recognition.gallery import Gallery, entries_from_image_list  # noqa: E402
 from src.recognition.pipeline import RecognitionPipeline  # noqa: E402
-from src.recognition.world import catalogue_entries, counter_scenes, scene_crop_entries  # noqa: E402
+from src.recognition.world import catalogue_entries, counter_scenes  # noqa: E402
 from src.utils.run_dirs import SUMMARY  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from eval_checkout import world_root  # noqa: E402
+from eval_checkout import CALIBRATION_LIST, world_root  # noqa: E402
 
 
 def newest_run(outputs: Path, target: str) -> Path | None:
@@ -42,9 +43,22 @@ def newest_run(outputs: Path, target: str) -> Path | None:
             continue
         data = OmegaConf.to_container(OmegaConf.load(summary))
         for key in ("best_ckpt_path", "last_ckpt_path"):
-            if data.get(key) and Path(data[key]).is_file():
-                return Path(data[key])
+            if data.get(key):
+                # As recorded, else by name in the run's own checkpoints/ (a run directory moved since).
+                for path in (Path(data[key]), summary.parent / "checkpoints" / Path(data[key]).name):
+                    if path.is_file():
+                        return path
     return None
+
+
+def checkpoint(given: str | None, outputs: Path, target: str) -> Path | None:
+    """A checkpoint file as given, the best checkpoint of a run directory, or the newest run's."""
+    if given and Path(given).is_file():
+        return Path(given)
+    found = newest_run(Path(given) if given else outputs, target)
+    if given and found is None:
+        raise SystemExit(f"{given}: not a checkpoint nor a finished run of {target.rsplit('.', 1)[-1]}")
+    return found
 
 
 def show_receipt(title: str, receipt: dict, truth: tuple[str, ...], names: dict[str, str]) -> None:
@@ -68,15 +82,16 @@ def main(argv=None) -> None:
     p.add_argument("--detector")
     p.add_argument("--outputs", default=str(ROOT / "outputs"))
     p.add_argument("--workdir", default=str(ROOT / "outputs" / "recognition_demo" / "work"))
-    p.add_argument("--target-far", type=float, default=0.01)
+    p.add_argument("--target-far", type=float, default=0.1,
+                   help="open-set operating point (experiments/recognition_demo/README.md has 0.01, 0.1, 0.3)")
     p.add_argument("--det-threshold", type=float, default=0.5)
     args = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)  # shared 2-core machine: OpenMP threads would spin against other jobs
 
-    emb_ckpt = args.embedder or newest_run(Path(args.outputs), "src.models.embedding.EmbeddingSystem")
-    det_ckpt = args.detector or newest_run(Path(args.outputs), "src.models.detection.DetectionSystem")
+    emb_ckpt = checkpoint(args.embedder, Path(args.outputs), "src.models.embedding.EmbeddingSystem")
+    det_ckpt = checkpoint(args.detector, Path(args.outputs), "src.models.detection.DetectionSystem")
     if emb_ckpt is None:
         raise SystemExit("no embedder: run `python -m src.train experiment=recognition_embedder` "
                          "(see experiments/recognition_demo/README.md) or pass --embedder")
@@ -101,8 +116,9 @@ def main(argv=None) -> None:
           f"sku {new_sku})")
     gallery = Gallery.create(embedder, gallery_dir)
     gallery.add([e for e in entries if e.sku != new_sku])
-    report = gallery.calibrate(scene_crop_entries(counter_scenes(root, "train")), args.target_far)
-    print(f"   threshold {report.threshold:.3f} for FAR {args.target_far:g} on train-scene crops "
+    # Open-set threshold on counter crops of never-seen SKUs (not on the val photos it is then judged on).
+    report = gallery.calibrate(entries_from_image_list(root / CALIBRATION_LIST, root=root), args.target_far)
+    print(f"   threshold {report.threshold:.3f} for FAR {args.target_far:g} on {CALIBRATION_LIST} "
           f"(FAR {report.far:.3f}, FRR {report.frr:.3f}) -> saved in {gallery_dir}")
 
     pipe = RecognitionPipeline(embedder, gallery.index, detector)
@@ -130,6 +146,17 @@ def main(argv=None) -> None:
     found = [line for line in with_gt["items"] if line["sku"] == new_sku]
     print(f"\n   with ground-truth boxes the new product is "
           f"{'recognised' if found else 'not recognised'} ({with_gt['total']:.2f} total)")
+
+    # Every validation photo with the full gallery: how often is the receipt exactly right and complete?
+    prices = {e.sku: e.price for e in entries}
+    receipts = [checkout(pipe, sc.image(), boxes=None if detector else sc.boxes) for sc in scenes]
+    m = basket_metrics(receipts, [sc.skus for sc in scenes], prices)
+    right = [Path(sc.image_path).name for sc, r in zip(scenes, receipts)
+             if basket_metrics([r], [sc.skus], prices)["exact_basket_accuracy"] == 1.0]
+    print(f"\n   all {len(scenes)} val photos: {len(right)} receipts exactly right and complete "
+          f"(item recall {m['item_recall']:.2f}, precision {m['item_precision']:.2f}, "
+          f"{m['unknown_per_scene']:.2f} unknown boxes a photo, mean price error {m['mean_abs_price_error']:.2f})")
+    print(f"   right: {', '.join(right) or 'none'}")
 
     # Live stream: a generated Taobao-layout set, the recipe's frame positions scaled to 48-frame videos.
     from src.data.retail_world.live import LiveSpec, ensure_live

@@ -91,8 +91,10 @@ class Embedder:
         self._dim = dim if dim is not None else getattr(net, "embedding_dim", None)
 
     @classmethod
-    def from_checkpoint(cls, ckpt: str | os.PathLike, device: str = "cpu", batch_size: int = 64) -> "Embedder":
-        """An EmbeddingSystem checkpoint written by src.train (its config holds data.eval_transform)."""
+    def from_checkpoint(cls, ckpt: str | os.PathLike, device: str = "cpu", batch_size: int = 64,
+                        gallery_views: Sequence[str] | None = None) -> "Embedder":
+        """An EmbeddingSystem checkpoint written by src.train (its config holds data.eval_transform).
+        ``gallery_views`` None: the config's ``recognition.gallery_views`` (none if absent)."""
         from hydra.utils import instantiate
         from omegaconf import OmegaConf
 
@@ -108,9 +110,10 @@ class Embedder:
             raise KeyError(f"{ckpt}: its config has no data.eval_transform; cannot rebuild the preprocessing")
         transform_dict = OmegaConf.to_container(transform_cfg, resolve=True)
         preprocess = albumentations_preprocess(instantiate(transform_cfg))
-        views = OmegaConf.select(cfg, "recognition.gallery_views", default=None) or ()
+        if gallery_views is None:
+            gallery_views = OmegaConf.select(cfg, "recognition.gallery_views", default=None) or ()
         return cls(net, preprocess, compute_fingerprint(net, transform_dict), device=device, batch_size=batch_size,
-                   gallery_views=list(views))
+                   gallery_views=list(gallery_views))
 
     @property
     def dim(self) -> int:

@@ -43,6 +43,10 @@ class CountingEmbedder:
         self.count += len(crops)
         return self.inner.embed(crops)
 
+    def embed_gallery(self, images):
+        self.count += len(images)
+        return self.inner.embed_gallery(images)
+
 
 def test_build_from_image_list_with_catalogue(tmp_path, embedder):
     lst = write_list(tmp_path, FAMILY_HEADS[:4])
