@@ -112,7 +112,7 @@ def main(argv=None) -> None:
     cmd = "python scripts/eval_checkout.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     metrics = {"command": cmd, "world": str(root), "calibration_crops": args.calibration, "embedder": args.embedder, "detector": args.detector,
                "embedder_fingerprint": embedder.fingerprint,
-               "gallery_views": list(embedder.gallery_views), "gallery_images": len(gallery),
+               "gallery_views": list(embedder.gallery_views), "torch_threads": args.threads, "gallery_images": len(gallery),
                "val_scenes": len(scenes), "val_products": sum(len(s.skus) for s in scenes),
                "calibration": [r.to_dict() for r in reports], "rows": rows, "seconds": round(time.time() - t0, 1)}
     atomic_write_json(out / "metrics.json", metrics)
@@ -141,7 +141,8 @@ def render(m: dict) -> str:
         + "; ".join(f"FAR {c['target_far']:g} -> {c['threshold']:.4f} (measured FAR {c['far']:.3f}, FRR "
                     f"{c['frr']:.3f})" for c in m["calibration"])
         + f" on {m['calibration'][0]['n_genuine']} genuine / {m['calibration'][0]['n_impostor']} impostor scores",
-        f"- run time {m['seconds']} s on this machine (ms / photo: shared 2-core CPU, 1 torch thread)",
+        f"- run time {m['seconds']} s on this machine (ms / photo: shared 2-core CPU, "
+        f"{m.get('torch_threads', 1)} torch thread(s))",
         "",
         "| boxes | threshold (target FAR) | exact basket | mean abs price error | max abs error | item precision | "
         "item recall | unknown / scene | ms / photo |",
