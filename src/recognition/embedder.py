@@ -151,7 +151,7 @@ class Embedder:
     def embed_gallery(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Embeddings to enrol product images with: the L2-normalised mean over each image and its
         ``gallery_views`` (just :meth:`embed` without views)."""
-        if not self.gallery_views:
+        if not self.gallery_views or len(images) == 0:
             return self.embed(images)
         images = [_check_crop(c, i) for i, c in enumerate(images)]
         n_views = 1 + len(self.gallery_views)

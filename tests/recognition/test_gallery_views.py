@@ -44,6 +44,7 @@ def test_enrolment_is_the_normalised_mean_over_the_views(tmp_path):
     got = viewed.embed_gallery(images)
     np.testing.assert_allclose(got, np.stack(expected), atol=1e-5)
     assert not np.allclose(got, plain.embed(images), atol=1e-3)  # the views changed something
+    assert viewed.embed_gallery([]).shape == (0, viewed.dim)
 
 
 def test_view_policy_is_in_the_fingerprint(tmp_path):
