@@ -110,9 +110,9 @@ def main(argv=None) -> None:
 
     out = Path(args.out)
     cmd = "python scripts/eval_checkout.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    metrics = {"command": cmd, "world": str(root), "calibration_crops": args.calibration, "embedder": args.embedder, "detector": args.detector,
-               "embedder_fingerprint": embedder.fingerprint,
-               "gallery_views": list(embedder.gallery_views), "torch_threads": args.threads, "gallery_images": len(gallery),
+    metrics = {"command": cmd, "world": str(root), "embedder": args.embedder, "detector": args.detector,
+               "embedder_fingerprint": embedder.fingerprint, "gallery_views": list(embedder.gallery_views),
+               "gallery_images": len(gallery), "calibration_crops": args.calibration, "torch_threads": args.threads,
                "val_scenes": len(scenes), "val_products": sum(len(s.skus) for s in scenes),
                "calibration": [r.to_dict() for r in reports], "rows": rows, "seconds": round(time.time() - t0, 1)}
     atomic_write_json(out / "metrics.json", metrics)
@@ -135,14 +135,14 @@ def render(m: dict) -> str:
         f"- embedder: `{m['embedder']}` (fingerprint `{m['embedder_fingerprint'][:16]}`)",
         f"- detector: `{m['detector']}`" if m["detector"] else "- detector: none (ground-truth boxes only)",
         f"- gallery: {m['gallery_images']} catalogue images, one per SKU (training and never-seen SKUs), enrolled "
-        + (f"with views {m['gallery_views']}" if m.get("gallery_views") else "as they are (no gallery views)"),
-        f"- thresholds chosen on the crops of `{m.get('calibration_crops', 'train-scenes')}` (genuine: best score "
+        + (f"with views {m['gallery_views']}" if m["gallery_views"] else "as they are (no gallery views)"),
+        f"- thresholds chosen on the crops of `{m['calibration_crops']}` (genuine: best score "
         "to the crop's own SKU; impostor: best score to any other SKU, i.e. the SKU held out of the gallery): "
         + "; ".join(f"FAR {c['target_far']:g} -> {c['threshold']:.4f} (measured FAR {c['far']:.3f}, FRR "
                     f"{c['frr']:.3f})" for c in m["calibration"])
         + f" on {m['calibration'][0]['n_genuine']} genuine / {m['calibration'][0]['n_impostor']} impostor scores",
         f"- run time {m['seconds']} s on this machine (ms / photo: shared 2-core CPU, "
-        f"{m.get('torch_threads', 1)} torch thread(s))",
+        f"{m['torch_threads']} torch thread(s))",
         "",
         "| boxes | threshold (target FAR) | exact basket | mean abs price error | max abs error | item precision | "
         "item recall | unknown / scene | ms / photo |",
