@@ -33,7 +33,8 @@ def test_chunked_equals_unchunked(rng):
     full_s, full_i = knn_search(q, g, 5, chunk_size=4096)
     s40, i40 = knn_search(q, g, 5, chunk_size=40)  # >= 20 queries: same BLAS path as one big call
     np.testing.assert_array_equal(i40, full_i)
-    np.testing.assert_array_equal(s40, full_s)
+    # Same ranking; scores may differ in the last float32 bits where BLAS blocks another way (CPU, threads).
+    np.testing.assert_allclose(s40, full_s, rtol=0, atol=1e-6)
     s7, i7 = knn_search(q, g, 5, chunk_size=7)  # < 20 queries: faiss' SIMD path, last-bit differences
     _assert_same_ranking(q @ g.T, s7, i7, full_s)
 
