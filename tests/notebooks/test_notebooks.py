@@ -18,7 +18,7 @@ import torch
 from nbclient import NotebookClient
 
 from src.train import train
-from tests.conftest import TINY_WORLD_OVERRIDES, compose_cfg
+from tests.conftest import TINY_WORLD, TINY_WORLD_OVERRIDES, compose_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
@@ -83,7 +83,7 @@ def assert_ran_in_this_env(out: str) -> None:
 
 def test_committed_notebooks_are_stripped():
     names = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
-    assert names == ["inspect_retrieval_run.ipynb", "price_counter_photo.ipynb"]
+    assert names == ["inspect_retrieval_run.ipynb", "price_counter_photo.ipynb"], "a new notebook needs a test here"
     for name in names:
         nb = nbformat.read(NOTEBOOKS / name, as_version=4)
         nbformat.validate(nb)
@@ -113,6 +113,21 @@ def test_inspect_retrieval_run(run_dir):
     rows = re.findall(r"^([\d.]+)\s+([-\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, re.M)
     assert [float(r[0]) for r in rows] == [0.2, 0.5]
     assert all(float(far) <= float(target) for target, _, far, _ in rows), rows
+
+
+def test_inspect_retrieval_run_on_the_train_list_searched_against_itself(run_dir):
+    """No gallery list: every image is a query against all the others (its own row left out). The tiny world's
+    training SKUs have 4 views each, so every query has a genuine and an impostor score."""
+    nb = execute("inspect_retrieval_run.ipynb", CKPT=str(run_dir), SPLIT="train", TARGET_FARS=(0.1,))
+    out = stdout(nb)
+    assert png_count(nb) >= 3
+    n = int(re.search(r"^train: (\d+) queries", out, re.M).group(1))
+    assert n == TINY_WORLD["num_train_skus"] * TINY_WORLD["train_views"]
+    assert f"{n} gallery images" in out and f"{n} genuine scores" in out and f"{n} impostor scores" in out
+    metrics = {k: float(v) for k, v in re.findall(r"^(train/[\w@]+): ([-\d.]+)$", out, re.M)}
+    assert metrics and all(0.0 <= v <= 1.0 for v in metrics.values()), metrics
+    (target, _, far, _), = re.findall(r"^([\d.]+)\s+([-\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, re.M)
+    assert float(target) == 0.1 and float(far) <= 0.1
 
 
 def test_price_counter_photo_with_ground_truth_boxes(run_dir):
