@@ -163,7 +163,8 @@ def main(argv=None) -> None:
     from src.recognition.live import LiveConfig, ModelLiveDetector, OracleLiveDetector, match_live, score_live
 
     live_root = ensure_live(ROOT / "data" / "retail_live", LiveSpec())
-    cfg = LiveConfig(frame_indices="auto", short_side=None)
+    # The demo's detector misses some boxes at 0.9/0.95: top-1 keeps every photo voting (not the recipe's "none").
+    cfg = LiveConfig(frame_indices="auto", video_short_side=None, fallback="top1")
     print(f"\n4) live-stream matching on {live_root} (frames 'auto' = 80..380 step 20 scaled to 48 frames)")
     detectors = [("annotated boxes (upper bound)", OracleLiveDetector(live_root))]
     if det_ckpt:

@@ -132,22 +132,46 @@ def parse_frames(text: str):
             f"--frames must be 'auto', 'start:stop:step' or 'a,b,c', got {text!r}") from None
 
 
+def live_config(args, recipe=None):
+    """The LiveConfig of `match-live`'s arguments; thresholds left unset come from the detector checkpoint's
+    ``detect:`` recipe (as src.detect reads them), else from LiveConfig's defaults (0.9 / 0.95)."""
+    from src.recognition.live import LiveConfig
+
+    recipe = recipe or {}
+
+    def pick(value, key, default):
+        if value is not None:
+            return value
+        return recipe[key] if recipe.get(key) is not None else default
+
+    return LiveConfig(frame_indices=args.frames, video_short_side=args.video_short_side or None,
+                      image_short_side=args.image_short_side or None,
+                      image_box_threshold=pick(args.image_threshold, "score_threshold_image",
+                                               LiveConfig.image_box_threshold),
+                      video_box_threshold=pick(args.video_threshold, "score_threshold_video",
+                                               LiveConfig.video_box_threshold),
+                      fallback=args.fallback, strategy=args.strategy, keep_ratio=args.keep_ratio,
+                      top_fraction=args.top_fraction, max_distance=args.max_distance)
+
+
 def cmd_match_live(args) -> None:
     from src.recognition.detector import Detector
-    from src.recognition.live import LiveConfig, ModelLiveDetector, OracleLiveDetector, match_live, score_live
+    from src.recognition.live import ModelLiveDetector, OracleLiveDetector, match_live, score_live
 
+    recipe = {}
     if args.oracle_boxes:
         detector = OracleLiveDetector(args.data)
     elif args.detector:
-        # Score threshold ~0 here: the live image/video thresholds (and the top-1 fallback) apply later.
-        detector = ModelLiveDetector(Detector.from_checkpoint(args.detector, 0.01, args.device))
+        # Score threshold ~0 here: the live image/video thresholds (and the fallback) apply later.
+        det = Detector.from_checkpoint(args.detector, 0.01, args.device)
+        recipe = det.recipe
+        detector = ModelLiveDetector(det)
     else:
         raise SystemExit("match-live needs --detector CKPT or --oracle-boxes (ground-truth boxes)")
-    cfg = LiveConfig(frame_indices=args.frames, short_side=args.short_side or None,
-                     image_box_threshold=args.image_threshold, video_box_threshold=args.video_threshold,
-                     fallback=args.fallback)
+    cfg = live_config(args, recipe)
     run = match_live(args.data, _embedder(args), detector, args.out, cfg)
-    out = {"result": str(args.out), **run.counts}
+    out = {"result": str(args.out), **run.counts,
+           "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()}}
     if (Path(args.data) / "ground_truth.json").exists():
         out["score"] = score_live(run.result, args.data)
     _print(out)
@@ -228,12 +252,30 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True, help="result.json to write (atomically)")
     m.add_argument("--detector", help="DetectionSystem checkpoint")
     m.add_argument("--oracle-boxes", action="store_true", help="use the annotated boxes (matching upper bound)")
+    # Defaults: the 7th-place recipe, equal to LiveConfig's (tests/recognition/test_recognize_cli.py checks).
     m.add_argument("--frames", type=parse_frames, default="80:381:20",
-                   help="frame indices: 'auto' (the recipe scaled to each video), '80:381:20', or '3,9,15'")
-    m.add_argument("--short-side", type=int, default=360, help="resize frames/images to this shorter side (0: off)")
-    m.add_argument("--image-threshold", type=float, default=0.9)
-    m.add_argument("--video-threshold", type=float, default=0.95)
-    m.add_argument("--fallback", default="top1", choices=("top1", "none"))
+                   help="frame indices: 'start:stop:step' (default 80:381:20, i.e. 80, 100, ..., 380), '3,9,15', "
+                        "or 'auto' (the recipe's positions scaled to each video's length)")
+    m.add_argument("--video-short-side", type=int, default=608,
+                   help="shrink frames to this shorter side before detection (default 608; 0: as they are)")
+    m.add_argument("--image-short-side", type=int, default=0,
+                   help="shrink shop images to this shorter side (default 0: as they are, as in the recipe)")
+    m.add_argument("--image-threshold", type=float, default=None,
+                   help="shop-image box score threshold (default: the detector checkpoint's "
+                        "detect.score_threshold_image, else 0.9)")
+    m.add_argument("--video-threshold", type=float, default=None,
+                   help="frame box score threshold (default: the checkpoint's detect.score_threshold_video, else 0.95)")
+    m.add_argument("--fallback", default="none", choices=("none", "top1"),
+                   help="an image or frame with no box above the threshold: 'none' drops it (the recipe), "
+                        "'top1' keeps its best box")
+    m.add_argument("--strategy", default="per_folder", choices=("per_folder", "per_video"),
+                   help="'per_folder': the recipe's rules; 'per_video': the transposed variant "
+                        "(see src/retrieval/live_matching.py)")
+    m.add_argument("--keep-ratio", type=float, default=0.28, help="share of a folder's nearest pairs kept (0.28)")
+    m.add_argument("--top-fraction", type=float, default=0.5,
+                   help="share of the voted videos kept by count (0.5)")
+    m.add_argument("--max-distance", type=float, default=1.12,
+                   help="matches farther than this (euclidean, unit embeddings) are dropped (1.12)")
     m.set_defaults(func=cmd_match_live)
     return p
 

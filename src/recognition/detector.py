@@ -97,11 +97,14 @@ class Detector:
         self.score_threshold = float(score_threshold)
         self.max_detections = int(max_detections)
         self.batch_size = int(batch_size)
+        # The checkpoint's `detect:` settings (e.g. the live thresholds), read by src.detect and match-live.
+        self.recipe: dict = {}
 
     @classmethod
     def from_checkpoint(cls, ckpt: str | os.PathLike, score_threshold: float = 0.5, device: str = "cpu",
                         **kwargs) -> "Detector":
-        """A DetectionSystem checkpoint written by src.train; eval size from its ``data.eval_size``/``max_size``."""
+        """A DetectionSystem checkpoint written by src.train; eval size from its ``data.eval_size``/``max_size``,
+        ``recipe`` from its ``detect:`` section (empty if none)."""
         from omegaconf import OmegaConf
 
         from src.utils.checkpoint import load_system
@@ -113,7 +116,10 @@ class Detector:
                              "(expected a DetectionSystem checkpoint)")
         kwargs.setdefault("eval_size", OmegaConf.select(cfg, "data.eval_size", default=None))
         kwargs.setdefault("max_size", OmegaConf.select(cfg, "data.max_size", default=None))
-        return cls(model, score_threshold=score_threshold, device=device, **kwargs)
+        det = cls(model, score_threshold=score_threshold, device=device, **kwargs)
+        recipe = OmegaConf.select(cfg, "detect", default=None)
+        det.recipe = OmegaConf.to_container(recipe, resolve=True) if recipe is not None else {}
+        return det
 
     def _to_tensor(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[float, float]]:
         h, w = image.shape[:2]

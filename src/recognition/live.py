@@ -2,10 +2,13 @@
 detect products in every shop image and in sampled video frames, embed every box, match with
 src.retrieval.live_matching.match_videos and write result.json atomically.
 
-The recipe (a 7th-place solution): frames 80, 100, ..., 380 of each video, the video's shorter side scaled
-down before detection, boxes kept above 0.9 (shop images) / 0.95 (frames). ``frame_indices="auto"`` scales
-those indices to each video's length (the short synthetic videos). Where no box passes the threshold in an
-image or frame, ``fallback`` decides: "top1" keeps its best box (so every photo still votes), "none" drops it.
+`LiveConfig`'s defaults are the recipe of a 7th-place solution: frames 80, 100, ..., 380 of each video, the
+video's shorter side scaled to 608 before detection, boxes kept at scores >= 0.9 (shop images) / 0.95
+(frames), then the per-folder matching rules (keep 0.28, top 0.5 by count, max distance 1.12).
+``frame_indices="auto"`` scales those indices to each video's length (the short synthetic videos). Frames are
+only ever shrunk: upsampling adds no detail, and the detector resizes to its own eval size anyway. Where no
+box passes the threshold, ``fallback`` decides: "none" (the recipe) drops the image or frame, "top1" keeps its
+best box so that every photo still votes.
 """
 
 from __future__ import annotations
@@ -24,12 +27,19 @@ from src.data.video import read_video_frames, video_info
 from src.recognition.detector import Detections, DetectorLike
 from src.recognition.embedder import Embedder
 from src.recognition.pipeline import _crop
-from src.retrieval.live_matching import FrameBox, ImageBox, match_videos, score_live_matching, write_result_json
+from src.retrieval.live_matching import (
+    STRATEGIES,
+    FrameBox,
+    ImageBox,
+    match_videos,
+    score_live_matching,
+    write_result_json,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LiveConfig", "ModelLiveDetector", "OracleLiveDetector", "RECIPE_FRAME_INDICES", "match_live",
-           "scaled_frame_indices", "score_live"]
+__all__ = ["FALLBACKS", "LiveBoxes", "LiveConfig", "ModelLiveDetector", "OracleLiveDetector", "RECIPE_FRAME_INDICES",
+           "collect_live_boxes", "match_live", "match_live_boxes", "scaled_frame_indices", "score_live"]
 
 RECIPE_FRAME_INDICES = tuple(range(80, 381, 20))
 RECIPE_VIDEO_LENGTH = 400  # frames in the competition's videos, the length the recipe indices refer to
@@ -46,22 +56,37 @@ def scaled_frame_indices(num_frames: int, indices: Sequence[int] = RECIPE_FRAME_
     return sorted({min(num_frames - 1, int(round(i * scale))) for i in indices})
 
 
+FALLBACKS = ("none", "top1")
+
+
 @dataclass
 class LiveConfig:
+    """Every number of the live recipe; the defaults are the recipe (the CLI's defaults are tested equal)."""
+
     frame_indices: Sequence[int] | str = RECIPE_FRAME_INDICES  # or "auto"
-    short_side: int | None = 360  # frames (and shop images) resized to this shorter side before detection
+    video_short_side: int | None = 608  # frames shrunk to this shorter side before detection (None: as is)
+    image_short_side: int | None = None  # shop images: as they are (the recipe resizes the videos only)
     image_box_threshold: float = 0.9
     video_box_threshold: float = 0.95
-    fallback: str = "top1"
+    fallback: str = "none"
+    strategy: str = "per_folder"
     keep_ratio: float = 0.28
     top_fraction: float = 0.5
     max_distance: float = 1.12
 
     def __post_init__(self) -> None:
-        if self.fallback not in ("top1", "none"):
-            raise ValueError(f"fallback must be 'top1' or 'none', got {self.fallback!r}")
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.fallback!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if isinstance(self.frame_indices, str) and self.frame_indices != "auto":
             raise ValueError(f"frame_indices must be a list of ints or 'auto', got {self.frame_indices!r}")
+        for name in ("image_box_threshold", "video_box_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("video_short_side", "image_short_side"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive number of pixels or None, got {getattr(self, name)}")
 
 
 class LiveDetector(Protocol):
@@ -175,16 +200,24 @@ def _list_videos(root: Path) -> list[tuple[str, Path]]:
     return videos
 
 
-def match_live(root: str | os.PathLike, embedder: Embedder, detector: LiveDetector, out_path: str | os.PathLike,
-               config: LiveConfig | None = None) -> LiveRun:
-    """Detect, embed and match every video under ``root`` against every item folder; write ``out_path``
-    (result.json, atomically) and return it with box counts."""
+@dataclass
+class LiveBoxes:
+    """The embedded boxes of a live-stream folder: what the matching rules take (see `collect_live_boxes`)."""
+
+    images: dict[str, list[ImageBox]]
+    frames: list[FrameBox]
+    counts: dict[str, int]
+
+
+def collect_live_boxes(root: str | os.PathLike, embedder: Embedder, detector: LiveDetector,
+                       config: LiveConfig | None = None) -> LiveBoxes:
+    """Detect (with ``config``'s frames, sizes, thresholds and fallback) and embed every box under ``root``."""
     cfg = config or LiveConfig()
     root = Path(root)
     pending: list[_Pending] = []
     for item_id, paths in _list_items(root):
         for path in paths:
-            image, s = _resize(read_rgb(str(path)), cfg.short_side)
+            image, s = _resize(read_rgb(str(path)), cfg.image_short_side)
             dets = _keep(detector.image(item_id, path.name, image, s), cfg.image_box_threshold, cfg.fallback)
             for box, score in zip(dets.boxes, dets.scores):
                 pending.append(_Pending({"kind": "image", "item_id": item_id, "img_name": path.name},
@@ -197,8 +230,9 @@ def match_live(root: str | os.PathLike, embedder: Embedder, detector: LiveDetect
             indices = scaled_frame_indices(max(1, info["frame_count"]))
         else:
             indices = list(cfg.frame_indices)
-        shrink = cfg.short_side and min(info["height"], info["width"]) > cfg.short_side  # never upscale
-        for frame in read_video_frames(path, indices, cfg.short_side if shrink else None):
+        side = cfg.video_short_side
+        shrink = side and min(info["height"], info["width"]) > side  # never upscale
+        for frame in read_video_frames(path, indices, side if shrink else None):
             n_frames += 1
             s = frame.image.shape[0] / frame.orig_size[0]
             dets = _keep(detector.frame(video_id, frame.index, frame.image, s), cfg.video_box_threshold, cfg.fallback)
@@ -216,11 +250,24 @@ def match_live(root: str | os.PathLike, embedder: Embedder, detector: LiveDetect
             frames.append(FrameBox(p.meta["video_id"], p.meta["frame_index"], box, p.det_score, e))
     if not images:
         raise ValueError(f"{root}: no box in any shop image (lower image_box_threshold or use fallback='top1')")
-    result = match_videos(images, frames, keep_ratio=cfg.keep_ratio, top_fraction=cfg.top_fraction,
-                          max_distance=cfg.max_distance)
+    return LiveBoxes(images, frames, {"image_boxes": n_image_boxes, "frames": n_frames, "frame_boxes": len(frames)})
+
+
+def match_live_boxes(boxes: LiveBoxes, config: LiveConfig | None = None) -> dict[str, Any]:
+    """The matching rules of ``config`` (strategy and numbers) over collected boxes -> result.json dict."""
+    cfg = config or LiveConfig()
+    return match_videos(boxes.images, boxes.frames, strategy=cfg.strategy, keep_ratio=cfg.keep_ratio,
+                        top_fraction=cfg.top_fraction, max_distance=cfg.max_distance)
+
+
+def match_live(root: str | os.PathLike, embedder: Embedder, detector: LiveDetector, out_path: str | os.PathLike,
+               config: LiveConfig | None = None) -> LiveRun:
+    """Detect, embed and match every video under ``root`` against every item folder; write ``out_path``
+    (result.json, atomically) and return it with box counts."""
+    boxes = collect_live_boxes(root, embedder, detector, config)
+    result = match_live_boxes(boxes, config)
     write_result_json(out_path, result)
-    counts = {"image_boxes": n_image_boxes, "frames": n_frames, "frame_boxes": len(frames),
-              "matched_videos": len(result)}
+    counts = {**boxes.counts, "matched_videos": len(result)}
     log.info("live matching: %s -> %s", counts, out_path)
     return LiveRun(result, counts)
 

@@ -67,12 +67,14 @@ def test_from_checkpoint_reads_eval_size(tmp_path):
                                   "backbone_name": "resnet18", "num_classes": 2, "out_indices": [2, 3, 4],
                                   "fpn_channels": 32, "pretrained": False},
                         "optimizer": {"_target_": "torch.optim.AdamW", "_partial_": True}},
-              "data": {"eval_size": 96, "max_size": 200}}
+              "data": {"eval_size": 96, "max_size": 200},
+              "detect": {"score_threshold_image": 0.8, "score_threshold_video": 0.97}}  # read by match-live
     torch.manual_seed(0)
     system = instantiate(config["model"])
     torch.save({"state_dict": system.state_dict(), CONFIG_KEY: config}, tmp_path / "det.ckpt")
     det = Detector.from_checkpoint(tmp_path / "det.ckpt", score_threshold=0.0)
     assert (det.eval_size, det.max_size) == (96, 200)
+    assert det.recipe == {"score_threshold_image": 0.8, "score_threshold_video": 0.97}
     d = det.detect(np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8))
     assert d.boxes.shape[1] == 4 and (d.boxes[:, 2] <= 320).all() and (d.boxes[:, 3] <= 240).all()
     assert (np.diff(d.scores) <= 0).all()

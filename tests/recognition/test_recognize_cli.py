@@ -7,7 +7,7 @@ import json
 import pytest
 
 from src.data.retail_world import photometric as ph
-from src.recognize import main, parse_frames
+from src.recognize import build_parser, live_config, main, parse_frames
 from src.retrieval.index import GalleryIndex
 from tests.recognition.conftest import FAMILY_HEADS
 from tests.recognition.helpers import counter_photo, studio_shot
@@ -60,7 +60,7 @@ def test_match_live_command(tmp_path, tiny_ckpt, capsys):
 
     root = ensure_live(tmp_path / "live", SPEC)
     out = run(capsys, "match-live", "--embedder", tiny_ckpt, "--data", root, "--out", tmp_path / "result.json",
-              "--oracle-boxes", "--frames", "auto", "--short-side", 0)
+              "--oracle-boxes", "--frames", "auto", "--video-short-side", 0)
     assert (tmp_path / "result.json").is_file() and out["frames"] == 4 * 13
     assert set(out["score"]) >= {"match_f1", "box_accuracy"}
     with pytest.raises(SystemExit, match="--detector CKPT or --oracle-boxes"):
@@ -72,3 +72,43 @@ def test_parse_frames():
     assert parse_frames("auto") == "auto"
     with pytest.raises(Exception, match="--frames"):
         parse_frames("x:y")
+
+
+def test_match_live_defaults_are_the_recipe():
+    args = build_parser().parse_args(["match-live", "--embedder", "e.ckpt", "--data", "d", "--out", "r.json"])
+    assert args.frames == list(range(80, 381, 20))  # 80, 100, ..., 380
+    assert (args.video_short_side, args.image_short_side) == (608, 0)
+    assert (args.keep_ratio, args.top_fraction, args.max_distance) == (0.28, 0.5, 1.12)
+    assert (args.strategy, args.fallback) == ("per_folder", "none")
+    assert (args.image_threshold, args.video_threshold) == (None, None)  # the detector's stored ones, else below
+
+    from src.detect import DEFAULTS
+    from src.recognition.live import LiveConfig
+
+    cfg = live_config(args)  # no detector recipe: the built-in thresholds, the same as src.detect's
+    assert (cfg.image_box_threshold, cfg.video_box_threshold) == (0.9, 0.95)
+    assert (DEFAULTS["score_threshold_image"], DEFAULTS["score_threshold_video"]) == (0.9, 0.95)
+    default = LiveConfig()
+    assert list(cfg.frame_indices) == list(default.frame_indices)
+    assert {k: v for k, v in vars(cfg).items() if k != "frame_indices"} == \
+        {k: v for k, v in vars(default).items() if k != "frame_indices"}
+
+
+def test_match_live_thresholds_come_from_the_detector_recipe_unless_given():
+    parse = build_parser().parse_args
+    base = ["match-live", "--embedder", "e.ckpt", "--data", "d", "--out", "r.json"]
+    recipe = {"score_threshold_image": 0.8, "score_threshold_video": 0.85, "image_short_side": 608}
+    cfg = live_config(parse(base), recipe)
+    assert (cfg.image_box_threshold, cfg.video_box_threshold) == (0.8, 0.85)
+    cfg = live_config(parse(base + ["--image-threshold", "0.7"]), recipe)
+    assert (cfg.image_box_threshold, cfg.video_box_threshold) == (0.7, 0.85)
+    cfg = live_config(parse(base + ["--strategy", "per_video", "--fallback", "top1", "--keep-ratio", "0.5",
+                                    "--top-fraction", "1", "--max-distance", "2", "--frames", "3,9",
+                                    "--video-short-side", "0"]))
+    assert (cfg.strategy, cfg.fallback, cfg.keep_ratio, cfg.top_fraction, cfg.max_distance) == \
+        ("per_video", "top1", 0.5, 1.0, 2.0)
+    assert cfg.frame_indices == [3, 9] and cfg.video_short_side is None
+    with pytest.raises(SystemExit):  # argparse: not a strategy
+        parse(base + ["--strategy", "per_item"])
+    with pytest.raises(ValueError, match="image_box_threshold must be in"):
+        live_config(parse(base + ["--image-threshold", "1.5"]))
