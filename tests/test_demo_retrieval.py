@@ -1,8 +1,11 @@
 """The README demo learns: recall@1 on never-seen products clearly above the untrained network's."""
 
+import pytest
+
 from src.train import train
 
 
+@pytest.mark.numeric
 def test_demo_retrieval_beats_untrained_on_unseen_products(make_cfg):
     # Full demo config and default world (not the tiny one): this is what `make demo` runs.
     cfg = make_cfg(["experiment=demo_retrieval", "callbacks.progress_bar=null"], tiny_world=False)

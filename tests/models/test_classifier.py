@@ -67,6 +67,7 @@ def test_batch_mix_runs_in_training_only(tmp_path):
     assert mix.calls == 2
 
 
+@pytest.mark.numeric
 def test_loss_falls_on_a_learnable_problem(tmp_path):
     model = system()
     batch = next(iter(loader()))

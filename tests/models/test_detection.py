@@ -246,14 +246,13 @@ def test_fasterrcnn_torchvision_options():
 
 # ---- (b) a tiny detector overfits four generated scenes ------------------------------------------------------
 
-OVERFIT_STEPS = 40
+OVERFIT_STEPS = 100  # 40 steps left one machine at 0.48: too close to the bar to mean anything
+OVERFIT_BAR = 0.75  # worst measured here at 100 steps over 5 seeds x 1 and 2 threads: 0.94 (see the test)
 
 
-def test_tiny_detector_overfits_four_scenes(tmp_path):
-    """Class-agnostic ResNet-18 FPN at 128 px on 4 scenes, full-batch AdamW, no flips: mAP@50 on those scenes
-    rises from ~0 to well above 0.5. Measured on 2 shared cores (seed 0): 0.03 -> 0.86 after 40 steps; 24 s on
-    2 idle cores (2026-12-01), 2-7 min when the cores are shared: in the fast suite."""
-    L.seed_everything(0)
+def overfit_tiny_detector(tmp_path, seed: int, steps: int, val_every: int) -> list[float]:
+    """mAP@50 on the training scenes before training and after every `val_every` steps."""
+    L.seed_everything(seed)
     source = RetailWorld(str(tmp_path / "data"), num_families=4, variants_per_family=2, num_train_skus=4,
                          train_views=1, val_views=1, gallery_views=1, query_views=1, train_scenes=4, val_scenes=1)
     dm = DetectionDataModule(source, "annotations/scenes_train.json", "annotations/scenes_train.json",
@@ -265,17 +264,34 @@ def test_tiny_detector_overfits_four_scenes(tmp_path):
                             rpn_batch_size_per_image=64, box_batch_size_per_image=64)
     opt = functools.partial(torch.optim.AdamW, lr=2e-3, weight_decay=1e-4)
     system = DetectionSystem(model, opt, class_agnostic=True)
-    trainer = cpu_trainer(max_epochs=OVERFIT_STEPS, check_val_every_n_epoch=OVERFIT_STEPS, gradient_clip_val=10.0,
-                       log_every_n_steps=1)
-    before = float(trainer.validate(system, datamodule=dm, verbose=False)[0]["val/map_50"])
-    t0 = time.time()
+    curve = []
+
+    class Record(L.Callback):
+        def on_validation_end(self, trainer, pl_module):
+            if not trainer.sanity_checking:
+                curve.append(float(trainer.callback_metrics["val/map_50"]))
+
+    trainer = cpu_trainer(max_epochs=steps, check_val_every_n_epoch=val_every, gradient_clip_val=10.0,
+                          log_every_n_steps=1, callbacks=[Record()])
+    trainer.validate(system, datamodule=dm, verbose=False)
     trainer.fit(system, datamodule=dm)
-    after = float(trainer.callback_metrics["val/map_50"])
-    log.info("overfit mAP@50 %.3f -> %.3f in %.0f s", before, after, time.time() - t0)
+    assert trainer.global_step == steps
+    return curve
+
+
+@pytest.mark.numeric
+def test_tiny_detector_overfits_four_scenes(tmp_path):
+    """Class-agnostic ResNet-18 FPN at 128 px on 4 scenes, full-batch AdamW, no flips: mAP@50 on those scenes
+    rises from ~0 to near 1. Results are deterministic per machine, not across machines (seed 0 gave 0.86 on one
+    EPYC and 0.48 on another after 40 steps), so the bar comes from a measured spread (2026-12-03, seeds 0-4,
+    mAP@50 after 40 / 80 / 100 / 120 steps): 1 thread 0.54-0.83 / 0.82-1.00 / 0.94-1.00 / 0.99-1.00,
+    2 threads 0.63-0.68 / 0.82-0.97 / 0.96-1.00 / 0.96-1.00. At 100 steps the worst case is 0.94; the bar
+    is 0.75. ~40 s on 2 idle cores."""
+    t0 = time.time()
+    before, after = overfit_tiny_detector(tmp_path, seed=0, steps=OVERFIT_STEPS, val_every=OVERFIT_STEPS)
     print(f"overfit mAP@50 {before:.3f} -> {after:.3f} ({OVERFIT_STEPS} steps, {time.time() - t0:.0f} s)")
-    assert trainer.global_step == OVERFIT_STEPS
     assert before < 0.2
-    assert after > 0.5 and after > before + 0.4
+    assert after > OVERFIT_BAR and after > before + 0.5
 
 
 # ---- (f) the demo experiment through train(cfg) ----------------------------------------------------------------

@@ -144,6 +144,7 @@ IDENTITIES = ["coffee", "chelsea", "astronaut", "rocket", "camera", "brick", "gr
 DISTRACTORS = ["clock", "text", "page", "cell", "colorwheel", "retina", "logo", "microaneurysms"]
 
 
+@pytest.mark.numeric
 def test_zero_shot_lite0_gem_beats_raw_pixels_on_real_images(lite0_classifier):
     originals = [_rgb(n) for n in IDENTITIES]
     gallery = originals + [_rgb(n) for n in DISTRACTORS]

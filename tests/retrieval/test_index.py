@@ -15,6 +15,8 @@ from src.retrieval.threshold import threshold_for_far
 
 from .conftest import clustered
 
+pytestmark = pytest.mark.numeric  # float results: re-run on one thread in CI
+
 REPO = Path(__file__).resolve().parents[2]
 FP = "resnet50-gem@abc123+resize224"
 
