@@ -19,6 +19,7 @@ def test_fast_dev_run(make_cfg):
     assert objects["trainer"].fast_dev_run
 
 
+@pytest.mark.numeric
 def test_short_run_loss_falls_and_summary_written(make_cfg):
     cfg = make_cfg(["experiment=sku_classifier", "trainer.max_epochs=6", "callbacks=none", "logger=csv",
                     "model.optimizer.lr=3e-3", "trainer.log_every_n_steps=1", *FAST])
@@ -73,3 +74,29 @@ def test_label_outside_num_classes_is_a_clear_error(make_cfg):
                     "++trainer.fast_dev_run=true", *FAST])
     with pytest.raises(ValueError, match=r"train\.txt: label \d+ .* >= data.num_classes=5"):
         train(cfg)
+
+
+@pytest.mark.parametrize("logger", ["logger=none", "~logger"])
+def test_other_ways_to_say_no_logger_compose_to_none(make_cfg, logger):
+    from src.train import _instantiate_dict
+
+    assert _instantiate_dict(make_cfg(["experiment=demo_retrieval", logger]).get("logger")) == []
+
+
+def test_no_logger_trains_and_table_shows_returned_checkpoint(make_cfg, capsys):
+    """`logger=[]` trains (LearningRateMonitor is dropped with a warning), and the val metrics reported are
+    those of the checkpoint the run returns (re-validated), not the last epoch's."""
+    from src.train import print_summary
+
+    cfg = make_cfg(["experiment=demo_retrieval", "logger=[]", "trainer.max_epochs=2",
+                    "data.image_size=32", "data.batch_sampler.pk=[4,4]", "test=false"])
+    metrics, objects = train(cfg)
+    assert objects["loggers"] == [] and not any(type(c).__name__ == "LearningRateMonitor"
+                                                for c in objects["trainer"].callbacks)
+    cb = objects["trainer"].checkpoint_callback
+    if objects["selected"] == "trained":  # the reported val metric is the returned checkpoint's score
+        assert metrics[cfg.monitor_metric] == pytest.approx(float(cb.best_model_score), abs=1e-6)
+    else:
+        assert metrics[cfg.monitor_metric] == pytest.approx(metrics["initial/" + cfg.monitor_metric], abs=1e-6)
+    print_summary(metrics, objects["selected"])
+    assert "returned" in capsys.readouterr().out
