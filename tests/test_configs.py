@@ -13,7 +13,7 @@ EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yam
 MMDET_EXPERIMENTS = {e for e in EXPERIMENTS if e.startswith("mmdet_")}
 # Recipes that need a user's file (real data root, a teacher checkpoint, an OOF soft-label file): only those
 # keys may be left missing; tests/models/test_classification_experiments.py instantiates them with real values.
-USER_INPUTS = {"data.source.root", "data.train", "data.val", "data.num_classes", "model.num_classes",
+USER_INPUTS = {"data.source.root", "data.train", "data.val", "data.val_query", "data.num_classes", "model.num_classes",
                "model.net.num_classes", "model.teacher.ckpt_path", "data.soft_labels"}
 
 

@@ -54,6 +54,11 @@ class ImageClassificationDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         self.source.prepare()
 
+    def infer_num_classes(self) -> int:
+        """Classes the model needs when `num_classes` is not given: largest training label + 1."""
+        self.num_classes = int(max(s.label for s in self._read("train"))) + 1
+        return self.num_classes
+
     def _read(self, split: str) -> list[Sample]:
         """The samples of a split's list file, labels checked against `num_classes` (file named on error)."""
         path = self.source.root / self.paths[split]

@@ -274,6 +274,11 @@ class DetectionDataModule(L.LightningDataModule):
                 f"data.num_classes={self.expected_classes}")
         return ds
 
+    def infer_num_classes(self) -> int:
+        """Foreground classes when `num_classes` is not given: the training annotation file's categories."""
+        self.expected_classes = self._dataset("train").num_classes
+        return self.expected_classes
+
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
         for split in wanted.get(stage, ("train", "val", "test")):

@@ -85,6 +85,11 @@ class RetrievalDataModule(L.LightningDataModule):
             samples.extend(part)
         return samples
 
+    def infer_num_classes(self) -> int:
+        """Margin-head classes when `num_classes` is not given: largest training label + 1."""
+        self.num_classes = int(max(s.label for s in self._samples("train"))) + 1
+        return self.num_classes
+
     def dataset(self, split: str) -> ImageDataset:
         if split not in self.datasets:
             transform = self.train_transform if split == "train" else self.eval_transform

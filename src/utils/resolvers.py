@@ -22,6 +22,8 @@ def wandb_has_credentials() -> bool:
 
 def register() -> None:
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
+    # torchvision detectors count the background class: `num_classes: ${plus_one:${data.num_classes}}`.
+    OmegaConf.register_new_resolver("plus_one", lambda n: int(n) + 1, replace=True)
     # W&B goes offline by itself without an API key (sync later with `wandb sync <run dir>`).
     OmegaConf.register_new_resolver("wandb_offline", lambda: not wandb_has_credentials(), replace=True)
 
