@@ -31,7 +31,7 @@ FILES = {
     "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte",
 }
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: open-set retrieval lists
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -92,6 +92,10 @@ def _per_class_subset(labels: np.ndarray, per_class: int | None) -> np.ndarray:
     return np.sort(keep)
 
 
+OPEN_SET_TRAIN_CLASSES, OPEN_SET_EVAL_CLASSES = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
+OPEN_SET_TRAIN_PER_CLASS, OPEN_SET_GALLERY, OPEN_SET_QUERIES = 400, 10, 100
+
+
 class FashionMNIST:
     """Source for ImageClassificationDataModule. Lists: train.txt (the first 60000 - num_val training images,
     optionally `train_per_class` of each class), val.txt (the last `num_val` training images, optionally
@@ -148,4 +152,33 @@ class FashionMNIST:
                 lines.append(f"{rel} {int(y[i])} {folder}_{offset + i:05d}")
             (out / "lists").mkdir(exist_ok=True)
             (out / "lists" / f"{split}.txt").write_text("\n".join(lines) + "\n")
+        self._write_open_set_lists(out, train_x, train_y, train_x.shape[0] - n_val, test_x, test_y)
         (out / "classes.json").write_text(json.dumps(list(CLASSES), indent=1))
+
+    @staticmethod
+    def _write_open_set_lists(out: Path, train_x: np.ndarray, train_y: np.ndarray, val_start: int, test_x: np.ndarray,
+                              test_y: np.ndarray) -> None:
+        """Open-set retrieval: train on classes 0-4 (T-shirt, trouser, pullover, dress, coat), validate and test
+        on classes 5-9 (sandal, shirt, sneaker, bag, ankle boot) that training never sees. Val comes from the
+        held-out training images, test from the official test split; per unseen class the first
+        OPEN_SET_GALLERY images are the gallery and the next OPEN_SET_QUERIES the queries."""
+        lines = {k: [] for k in ("open_train", "open_val_query", "open_val_gallery", "open_test_query",
+                                 "open_test_gallery")}
+        for c in OPEN_SET_TRAIN_CLASSES:
+            for i in np.flatnonzero(train_y[:val_start] == c)[:OPEN_SET_TRAIN_PER_CLASS]:
+                lines["open_train"].append(f"images/train/{i:05d}.png {c} train_{i:05d}")
+        for split, ys, folder, offset in (("val", train_y[val_start:], "train", val_start),
+                                          ("test", test_y, "test", 0)):
+            for c in OPEN_SET_EVAL_CLASSES:
+                idx = offset + np.flatnonzero(ys == c)
+                for kind, chosen in (("gallery", idx[:OPEN_SET_GALLERY]),
+                                     ("query", idx[OPEN_SET_GALLERY:OPEN_SET_GALLERY + OPEN_SET_QUERIES])):
+                    lines[f"open_{split}_{kind}"] += [f"images/{folder}/{i:05d}.png {c} {folder}_{i:05d}" for i in chosen]
+        for name, rows in lines.items():
+            (out / "lists" / f"{name}.txt").write_text("\n".join(rows) + "\n")
+        for name in lines:  # images the per-class subsets of the classification lists may have left out
+            for row in lines[name]:
+                rel = row.split()[0]
+                if not (out / rel).exists():
+                    folder, i = rel.split("/")[1], int(rel.split("/")[2][:5])
+                    cv2.imwrite(str(out / rel), (test_x if folder == "test" else train_x)[i])

@@ -75,7 +75,8 @@ class EmbeddingSystem(L.LightningModule):
         return self._embed_batch(batch)
 
     def configure_optimizers(self):
-        backbone = [p for p in self.net.backbone.parameters() if p.requires_grad]
+        # Every backbone parameter, frozen or not: BackboneWarmup freezes it for the first epochs only.
+        backbone = list(self.net.backbone.parameters())
         backbone_ids = {id(p) for p in backbone}
         head = [p for p in self.parameters() if p.requires_grad and id(p) not in backbone_ids]
         base_lr = self.optimizer_factory.keywords.get("lr", 1e-3)

@@ -1,6 +1,9 @@
-"""Embedding network: timm backbone -> GeM -> BNNeck -> L2-normalised embedding."""
+"""Embedding network: timm backbone -> pooling (GeM) -> neck (BNNeck, or a geometry-preserving LinearNeck for
+pretrained fine-tuning) -> L2-normalised embedding."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import nn
@@ -15,8 +18,9 @@ class EmbeddingNet(nn.Module):
     """`backbone` follows timm's contract (create it with `num_classes=0, global_pool=''`).
     `forward` returns L2-normalised embeddings; `embed_raw` the neck output before normalisation."""
 
-    def __init__(self, backbone: nn.Module, embedding_dim: int = 512, pool: nn.Module | None = None,
-                 last_stride_one: bool = False, dropout: float = 0.0, grad_checkpointing: bool = False) -> None:
+    def __init__(self, backbone: nn.Module, embedding_dim: int | None = 512, pool: nn.Module | None = None,
+                 last_stride_one: bool = False, dropout: float = 0.0, grad_checkpointing: bool = False,
+                 neck: Callable[..., nn.Module] | None = None, freeze_bn: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         if last_stride_one:
@@ -29,8 +33,32 @@ class EmbeddingNet(nn.Module):
                                  "set_grad_checkpointing() (timm models do)")
             backbone.set_grad_checkpointing(True)
         self.pool = pool if pool is not None else GeM()
-        self.neck = BNNeck(backbone.num_features, embedding_dim, dropout=dropout)
-        self.embedding_dim = embedding_dim
+        # `neck`: a partial taking (in_features, dim), e.g. LinearNeck; default BNNeck (training from scratch).
+        if neck is None:
+            self.neck = BNNeck(backbone.num_features, embedding_dim, dropout=dropout)
+        else:
+            self.neck = neck(backbone.num_features, embedding_dim)
+        self.embedding_dim = self.neck.out_features
+        # Small P x K batches give noisy BatchNorm statistics: `freeze_bn` keeps the backbone's pretrained
+        # running statistics (its BN layers stay in eval mode; their affine weights still train).
+        self.freeze_bn = freeze_bn
+        self.backbone_frozen = False
+
+    def set_backbone_frozen(self, frozen: bool) -> None:
+        """Head warm-up: no backbone gradients and the backbone in eval mode (a linear probe on its features)."""
+        self.backbone_frozen = frozen
+        self.backbone.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.backbone_frozen:
+            self.backbone.eval()
+        elif mode and self.freeze_bn:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def embed_raw(self, images: torch.Tensor) -> torch.Tensor:
         feats = self.backbone.forward_features(images)

@@ -21,3 +21,33 @@ class BNNeck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.fc(self.dropout(x)))
+
+
+class LinearNeck(nn.Module):
+    """Linear(in, dim) that starts geometry-preserving, for fine-tuning pretrained features: `init="identity"`
+    (dim == in: step 0 embeds exactly the pooled backbone features) or `"orthogonal"` (dim <= in: a
+    semi-orthogonal map, distances kept up to the dropped directions). A linear probe with this neck starts
+    at the zero-shot model instead of a random projection of it."""
+
+    def __init__(self, in_features: int, dim: int | None = None, init: str = "identity", bias: bool = False) -> None:
+        super().__init__()
+        dim = in_features if dim is None else int(dim)
+        self.fc = nn.Linear(in_features, dim, bias=bias)
+        with torch.no_grad():
+            if init == "identity":
+                if dim != in_features:
+                    raise ValueError(f"LinearNeck init='identity' needs dim == in_features ({in_features}), got {dim};"
+                                     " use init='orthogonal' for a smaller embedding")
+                self.fc.weight.copy_(torch.eye(dim))
+            elif init == "orthogonal":
+                if dim > in_features:
+                    raise ValueError(f"LinearNeck init='orthogonal' needs dim <= in_features ({in_features})")
+                nn.init.orthogonal_(self.fc.weight)
+            else:
+                raise ValueError(f"LinearNeck init must be 'identity' or 'orthogonal', got {init!r}")
+            if bias:
+                self.fc.bias.zero_()
+        self.out_features = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)

@@ -1,0 +1,98 @@
+"""The references a fine-tuning run is judged against, computed on the run's own splits before it trains:
+
+* `zero_shot/`: plain pretrained features: the backbone's feature map mean-pooled, L2-normalised, searched
+  with exact kNN (no neck, no training);
+* `linear_probe/`: an identity-initialised linear map on those frozen features, trained with ArcFace on the
+  training split (with flips), chosen on validation (`src.models.linear_probe`).
+
+Metrics land in `report_metrics` (read by `src.train` into the run's table and summary) and in the loggers."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import lightning as L
+import numpy as np
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from src.data import keys
+from src.data.datasets import ImageDataset, collate_skip_none
+from src.models.linear_probe import fit_linear_probe, project
+from src.retrieval.metrics import evaluate_retrieval
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def pooled_features(backbone: torch.nn.Module, dataset, batch_size: int = 64,
+                    flip: bool = False) -> tuple[torch.Tensor, np.ndarray]:
+    """Mean-pooled `forward_features` (the backbone's own pooling) of every image; `flip` adds mirrored copies."""
+    feats, labels = [], []
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_skip_none):
+        if batch is None:
+            continue
+        images = batch[keys.IMAGE]
+        views = [images, images.flip(-1)] if flip else [images]
+        for v in views:
+            feats.append(backbone.forward_features(v).float().mean(dim=(-2, -1)))
+            labels.append(batch[keys.LABEL].numpy())
+    return torch.cat(feats), np.concatenate(labels)
+
+
+class PretrainedBaselines(L.Callback):
+    """For RetrievalDataModule runs (`eval_dataset`, `dataset("train")`, `eval_transform`). `probe_steps=0`
+    skips the linear probe. Runs once, on rank 0, at the start of a fresh fit (not on resume)."""
+
+    def __init__(self, ks=(1, 5, 10), probe_steps: int = 100, probe_lr: float = 1e-3, probe_eval_every: int = 10,
+                 flips: bool = True, batch_size: int = 64) -> None:
+        self.ks = tuple(ks)
+        self.probe_steps, self.probe_lr, self.probe_eval_every = probe_steps, probe_lr, probe_eval_every
+        self.flips, self.batch_size = flips, batch_size
+        self.report_metrics: dict[str, float] = {}
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.ckpt_path or trainer.fast_dev_run or not trainer.is_global_zero:
+            return
+        t0 = time.time()
+        backbone = pl_module.net.backbone
+        was_training = backbone.training
+        backbone.eval()
+        try:
+            self.report_metrics = self._measure(trainer.datamodule, backbone)
+        finally:
+            backbone.train(was_training)
+        for lg in trainer.loggers:
+            lg.log_metrics(self.report_metrics, step=0)
+        log.info("baselines in %.0f s: %s", time.time() - t0,
+                 {k: round(v, 4) for k, v in self.report_metrics.items() if k.endswith("recall@1")})
+
+    def _split(self, dm, backbone, stage: str):
+        q, g = dm.eval_dataset(stage, 0), dm.eval_dataset(stage, 1)
+        return (pooled_features(backbone, q, self.batch_size), pooled_features(backbone, g, self.batch_size))
+
+    def _metrics(self, split, transform=None) -> dict[str, float]:
+        (qf, ql), (gf, gl) = split
+        q = F.normalize(qf, dim=1).numpy() if transform is None else transform(qf)
+        g = F.normalize(gf, dim=1).numpy() if transform is None else transform(gf)
+        return evaluate_retrieval(q, ql, g, gl, ks=self.ks)
+
+    def _measure(self, dm, backbone) -> dict[str, float]:
+        splits = {stage: self._split(dm, backbone, stage) for stage in ("val", "test")}
+        out = {f"zero_shot/{stage}/{k}": float(v) for stage, split in splits.items()
+               for k, v in self._metrics(split).items()}
+        if self.probe_steps > 0:
+            train = ImageDataset(dm.dataset("train").samples, dm.eval_transform, on_error=dm.on_error)
+            tf, tl = pooled_features(backbone, train, self.batch_size, flip=self.flips)
+
+            def val_score(neck) -> float:
+                return self._metrics(splits["val"], lambda f: project(neck, f))["recall@1"]
+
+            neck, history = fit_linear_probe(tf, torch.from_numpy(tl), val_score, steps=self.probe_steps,
+                                             lr=self.probe_lr, eval_every=self.probe_eval_every)
+            log.info("linear probe val recall@1 by step: %s", [(s, round(v, 4)) for s, v in history])
+            out.update({f"linear_probe/{stage}/{k}": float(v) for stage, split in splits.items()
+                        for k, v in self._metrics(split, lambda f: project(neck, f)).items()})
+        return out
