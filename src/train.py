@@ -99,6 +99,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         trainer.validate(model=model, datamodule=datamodule, verbose=False)
         initial = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         metrics.update({f"initial/{k}": v for k, v in initial.items()})
+        if cfg.get("test", True) and cfg.get("test_before_fit"):  # the untrained model on test, for reports
+            trainer.test(model=model, datamodule=datamodule, verbose=False)
+            metrics.update({f"initial/{k}": float(v) for k, v in trainer.callback_metrics.items()
+                            if k.startswith("test/")})
         ckpt_cb = trainer.checkpoint_callback
         if cfg.get("select_initial", True) and monitor in initial and ckpt_cb is not None and ckpt_cb.dirpath:
             initial_ckpt, initial_score = save_initial(trainer, ckpt_cb.dirpath), initial[monitor]
