@@ -6,6 +6,7 @@ Rebuilds datamodule and model from the config stored in the checkpoint, runs the
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -20,14 +21,44 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from src.utils import resolvers  # noqa: E402,F401
 from src.utils.checkpoint import load_system  # noqa: E402
 from src.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
-from src.utils.run_dirs import latest_best_checkpoint  # noqa: E402
+from src.utils.run_dirs import SUMMARY, latest_best_checkpoint  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 
-def render_report(ckpt: Path, metrics: dict[str, float], artifacts: list[Path], out_dir: Path) -> str:
-    lines = ["# Evaluation report", "", f"- checkpoint: `{ckpt}`", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())]
+BASELINE_PREFIXES = ("pixel_logreg", "zero_shot", "linear_probe", "initial")
+
+
+def run_baselines(ckpt: Path) -> dict[str, dict[str, float]]:
+    """The reference numbers (pixel baseline, zero-shot, linear probe, untrained start) that the training run
+    measured on its test split, from `<run>/train_summary.json` beside `<run>/checkpoints/<ckpt>`:
+    {prefix: {"test/acc": ...}}; empty when the checkpoint is not inside a finished run."""
+    summary = ckpt.parent.parent / SUMMARY
+    if not summary.is_file():
+        return {}
+    try:
+        metrics = json.loads(summary.read_text()).get("metrics", {})
+    except (OSError, ValueError):
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for k, v in metrics.items():
+        prefix, _, rest = k.partition("/")
+        if prefix in BASELINE_PREFIXES and rest.startswith("test/"):
+            out.setdefault(prefix, {})[rest] = float(v)
+    return out
+
+
+def render_report(ckpt: Path, metrics: dict[str, float], artifacts: list[Path], out_dir: Path,
+                  baselines: dict[str, dict[str, float]] | None = None) -> str:
+    """Markdown: the metrics, with a column per baseline the training run measured on the same test split."""
+    baselines = {p: baselines[p] for p in BASELINE_PREFIXES if baselines and p in baselines}
+    lines = ["# Evaluation report", "", f"- checkpoint: `{ckpt}`", ""]
+    if baselines:
+        lines += ["Baselines were measured by the training run on the same test split (`train_summary.json`).", ""]
+    lines += ["| metric | " + "".join(f"{p} | " for p in baselines) + "model |",
+              "|---|" + "---|" * (len(baselines) + 1)]
+    lines += [f"| {k} | " + "".join(f"{b[k]:.4f} | " if k in b else " | " for b in baselines.values()) + f"{v:.4f} |"
+              for k, v in sorted(metrics.items())]
     for a in artifacts:
         lines += ["", f"![{a.stem}]({os.path.relpath(a, out_dir)})"]
     return "\n".join(lines) + "\n"
@@ -62,7 +93,10 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if trainer.is_global_zero:
         artifacts = list(model.report_artifacts(out_dir)) if hasattr(model, "report_artifacts") else []
         atomic_write_json(out_dir / "metrics.json", {"checkpoint": str(ckpt), "metrics": metrics})
-        atomic_write_text(out_dir / "report.md", render_report(ckpt, metrics, artifacts, out_dir))
+        baselines = run_baselines(ckpt)
+        if baselines:
+            atomic_write_json(out_dir / "baselines.json", baselines)
+        atomic_write_text(out_dir / "report.md", render_report(ckpt, metrics, artifacts, out_dir, baselines))
         log.info("Wrote %s and %s", out_dir / "metrics.json", out_dir / "report.md")
     return metrics, {"model": model, "datamodule": datamodule, "out_dir": out_dir, "ckpt": ckpt}
 

@@ -160,9 +160,9 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
     return metrics[name]
 
 
-# Reference columns printed before the returned model's: plain pretrained features (kNN), a linear probe on them,
-# and the platform model before training (validate_before_fit).
-BASELINES = (("zero_shot", "zero-shot"), ("linear_probe", "lin. probe"), ("initial", "start"))
+# Reference columns printed before the returned model's: a linear model on raw pixels (classification), plain
+# pretrained features (kNN), a linear probe on them, and the platform model before training (validate_before_fit).
+BASELINES = (("pixel_logreg", "pixel LR"), ("zero_shot", "zero-shot"), ("linear_probe", "lin. probe"), ("initial", "start"))
 
 
 HEADLINE = ("recall@1", "recall@5", "map@r", "acc", "f1_macro", "map", "map_50")

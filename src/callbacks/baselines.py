@@ -96,3 +96,41 @@ class PretrainedBaselines(L.Callback):
             out.update({f"linear_probe/{stage}/{k}": float(v) for stage, split in splits.items()
                         for k, v in self._metrics(split, lambda f: project(neck, f)).items()})
         return out
+
+
+class PixelBaselines(L.Callback):
+    """For ImageClassificationDataModule runs: `pixel_logreg/{val,test}/{acc,f1}`, a logistic regression on raw
+    grey pixels (`image_size` x `image_size`) of at most `train_per_class` training images per class, measured on
+    the run's own val and test lists before it trains (src.models.pixel_baseline). Runs once, on rank 0, at the
+    start of a fresh fit (not on resume); `src.train` prints it beside the returned model."""
+
+    def __init__(self, train_per_class: int | None = 2000, image_size: int = 28, c: float = 0.1,
+                 max_iter: int = 200, seed: int = 0) -> None:
+        self.train_per_class, self.image_size, self.c, self.max_iter = train_per_class, image_size, c, max_iter
+        self.seed = seed
+        self.report_metrics: dict[str, float] = {}
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.ckpt_path or trainer.fast_dev_run or not trainer.is_global_zero:
+            return
+        from src.models.pixel_baseline import (accuracy_and_macro_f1, fit_pixel_baseline, per_class_subset,
+                                               pixel_matrix)
+
+        t0 = time.time()
+        dm = trainer.datamodule
+        train = dm.split_samples("train")
+        labels = np.array([s.label for s in train])
+        keep = per_class_subset(labels, self.train_per_class, self.seed)
+        x = pixel_matrix([train[i].path for i in keep], self.image_size)
+        model = fit_pixel_baseline(x, labels[keep], c=self.c, max_iter=self.max_iter)
+        out = {}
+        for stage in ("val", "test"):
+            samples = dm.split_samples(stage)
+            pred = model.predict(pixel_matrix([s.path for s in samples], self.image_size))
+            y = np.array([s.label for s in samples])
+            out.update({f"pixel_logreg/{stage}/{k}": v for k, v in accuracy_and_macro_f1(y, pred).items()})
+        self.report_metrics = out
+        for lg in trainer.loggers:
+            lg.log_metrics(out, step=0)
+        log.info("pixel logistic regression on %d training images in %.0f s: %s", keep.size, time.time() - t0,
+                 {k: round(v, 4) for k, v in out.items()})

@@ -59,6 +59,10 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.num_classes = int(max(s.label for s in self._read("train"))) + 1
         return self.num_classes
 
+    def split_samples(self, split: str) -> list[Sample]:
+        """The samples of 'train', 'val' or 'test' as listed (no transform, no image decoded)."""
+        return self._read(split)
+
     def _read(self, split: str) -> list[Sample]:
         """The samples of a split's list file, labels checked against `num_classes` (file named on error)."""
         path = self.source.root / self.paths[split]
