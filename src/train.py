@@ -49,7 +49,8 @@ def _drop_logger_callbacks(callbacks: list, loggers: list) -> list:
 def _infer_num_classes(cfg: DictConfig, datamodule) -> None:
     """`data.num_classes: null` (own data): read it from the training data before the model is built, so the
     model config's `${data.num_classes}` interpolations resolve to it."""
-    if "num_classes" not in cfg.data or cfg.data.num_classes is not None or not hasattr(datamodule, "infer_num_classes"):
+    wanted = "num_classes" in cfg.data and cfg.data.num_classes is None
+    if not wanted or not hasattr(datamodule, "infer_num_classes"):
         return
     datamodule.prepare_data()
     n = datamodule.infer_num_classes()
@@ -82,7 +83,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     log.info("Instantiating model <%s>", cfg.model._target_)
     model = instantiate(cfg.model)
     loggers = _instantiate_dict(cfg.get("logger"))
-    callbacks = _drop_logger_callbacks(_instantiate_dict(cfg.get("callbacks")), loggers) + [StoreConfigInCheckpoint(cfg)]
+    callbacks = _drop_logger_callbacks(_instantiate_dict(cfg.get("callbacks")), loggers)
+    callbacks.append(StoreConfigInCheckpoint(cfg))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -162,7 +164,8 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
 
 # Reference columns printed before the returned model's: a linear model on raw pixels (classification), plain
 # pretrained features (kNN), a linear probe on them, and the platform model before training (validate_before_fit).
-BASELINES = (("pixel_logreg", "pixel LR"), ("zero_shot", "zero-shot"), ("linear_probe", "lin. probe"), ("initial", "start"))
+BASELINES = (("pixel_logreg", "pixel LR"), ("zero_shot", "zero-shot"), ("linear_probe", "lin. probe"),
+             ("initial", "start"))
 
 
 HEADLINE = ("recall@1", "recall@5", "map@r", "acc", "f1_macro", "map", "map_50")

@@ -173,7 +173,8 @@ class FashionMNIST:
                 idx = offset + np.flatnonzero(ys == c)
                 for kind, chosen in (("gallery", idx[:OPEN_SET_GALLERY]),
                                      ("query", idx[OPEN_SET_GALLERY:OPEN_SET_GALLERY + OPEN_SET_QUERIES])):
-                    lines[f"open_{split}_{kind}"] += [f"images/{folder}/{i:05d}.png {c} {folder}_{i:05d}" for i in chosen]
+                    lines[f"open_{split}_{kind}"] += [f"images/{folder}/{i:05d}.png {c} {folder}_{i:05d}"
+                                                      for i in chosen]
         for name, rows in lines.items():
             (out / "lists" / f"{name}.txt").write_text("\n".join(rows) + "\n")
         for name in lines:  # images the per-class subsets of the classification lists may have left out
