@@ -134,3 +134,51 @@ class PixelBaselines(L.Callback):
             lg.log_metrics(out, step=0)
         log.info("pixel logistic regression on %d training images in %.0f s: %s", keep.size, time.time() - t0,
                  {k: round(v, 4) for k, v in out.items()})
+
+
+class FeatureProbeBaselines(L.Callback):
+    """For ImageClassificationDataModule runs: `linear_probe/{val,test}/{acc,f1}`, a logistic regression on
+    frozen pretrained features (EfficientNet-Lite0, the packaged ImageNet weights: mean-pooled feature map of
+    each image resized to `image_size`) of at most `train_per_class` training images per class, measured on the
+    run's own val and test lists before it trains. The reference a trained classifier must beat when a
+    pretrained network is at hand; `src.train` and `src.eval` print it beside the model."""
+
+    def __init__(self, train_per_class: int | None = 500, image_size: int = 64, c: float = 1.0,
+                 max_iter: int = 500, batch_size: int = 128, seed: int = 0) -> None:
+        self.train_per_class, self.image_size, self.c, self.max_iter = train_per_class, image_size, c, max_iter
+        self.batch_size, self.seed = batch_size, seed
+        self.report_metrics: dict[str, float] = {}
+
+    def _features(self, backbone, samples) -> tuple[np.ndarray, np.ndarray]:
+        import albumentations as A
+        from albumentations.pytorch import ToTensorV2
+
+        transform = A.Compose([A.Resize(self.image_size, self.image_size), A.Normalize(), ToTensorV2()])
+        feats, labels = pooled_features(backbone, ImageDataset(samples, transform, on_error="raise"), self.batch_size)
+        return F.normalize(feats, dim=1).numpy(), labels
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.ckpt_path or trainer.fast_dev_run or not trainer.is_global_zero:
+            return
+        from src.models.pixel_baseline import accuracy_and_macro_f1, per_class_subset
+        from src.nn.pretrained import efficientnet_lite0_backbone
+
+        t0 = time.time()
+        dm = trainer.datamodule
+        backbone = efficientnet_lite0_backbone(pretrained=True).eval()
+        train = dm.split_samples("train")
+        keep = per_class_subset(np.array([s.label for s in train]), self.train_per_class, self.seed)
+        x, y = self._features(backbone, [train[i] for i in keep])
+        from sklearn.linear_model import LogisticRegression
+
+        model = LogisticRegression(C=self.c, max_iter=self.max_iter).fit(x, y)
+        out = {}
+        for stage in ("val", "test"):
+            xs, ys = self._features(backbone, dm.split_samples(stage))
+            scores = accuracy_and_macro_f1(ys, model.predict(xs))
+            out.update({f"linear_probe/{stage}/{k}": v for k, v in scores.items()})
+        self.report_metrics = out
+        for lg in trainer.loggers:
+            lg.log_metrics(out, step=0)
+        log.info("frozen Lite0 feature probe on %d training images in %.0f s: %s", keep.size, time.time() - t0,
+                 {k: round(v, 4) for k, v in out.items()})
