@@ -106,7 +106,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             metrics.update({f"initial/{k}": float(v) for k, v in trainer.callback_metrics.items()
                             if k.startswith("test/")})
         ckpt_cb = trainer.checkpoint_callback
-        if cfg.get("select_initial", True) and monitor in initial and ckpt_cb is not None and ckpt_cb.dirpath:
+        if cfg.select_initial and monitor in initial and ckpt_cb is not None and ckpt_cb.dirpath:
             initial_ckpt, initial_score = save_initial(trainer, ckpt_cb.dirpath), initial[monitor]
     if cfg.get("train", True):
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
