@@ -54,7 +54,7 @@ class _Normalised(nn.Module):
 
 
 def lite0_embedder() -> Embedder:
-    from src.nn.pretrained import IMAGENET_MEAN, IMAGENET_STD, efficientnet_lite0_backbone
+    from src.nn.pretrained import IMAGENET_MEAN, IMAGENET_STD, efficientnet_lite_backbone
 
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
@@ -63,7 +63,7 @@ def lite0_embedder() -> Embedder:
         x = cv2.resize(img, (224, 224), interpolation=cv2.INTER_AREA if min(img.shape[:2]) > 224 else cv2.INTER_CUBIC)
         return (torch.from_numpy(x.transpose(2, 0, 1).copy()).float() / 255 - mean) / std
 
-    net = _Normalised(efficientnet_lite0_backbone(pretrained=True, num_classes=0))
+    net = _Normalised(efficientnet_lite_backbone(pretrained=True, num_classes=0))
     return Embedder(net, preprocess, "lite0-imagenet-zero-shot-224", dim=1280, batch_size=32)
 
 

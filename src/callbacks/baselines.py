@@ -161,11 +161,11 @@ class FeatureProbeBaselines(L.Callback):
         if trainer.ckpt_path or trainer.fast_dev_run or not trainer.is_global_zero:
             return
         from src.models.pixel_baseline import accuracy_and_macro_f1, per_class_subset
-        from src.nn.pretrained import efficientnet_lite0_backbone
+        from src.nn.pretrained import efficientnet_lite_backbone
 
         t0 = time.time()
         dm = trainer.datamodule
-        backbone = efficientnet_lite0_backbone(pretrained=True).eval()
+        backbone = efficientnet_lite_backbone(pretrained=True).eval()
         train = dm.split_samples("train")
         keep = per_class_subset(np.array([s.label for s in train]), self.train_per_class, self.seed)
         x, y = self._features(backbone, [train[i] for i in keep])

