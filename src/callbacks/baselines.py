@@ -5,6 +5,10 @@
 * `linear_probe/`: an identity-initialised linear map on those frozen features, trained with ArcFace on the
   training split (with flips), chosen on validation (`src.models.linear_probe`).
 
+With `init_neck=True` the probe's map is then written into the model's LinearNeck: fine-tuning starts from the
+linear probe (LP-FT, Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features and Underperform
+Out-of-Distribution"), so the frozen-backbone warm-up epoch is the probe and model selection can return it.
+
 Metrics land in `report_metrics` (read by `src.train` into the run's table and summary) and in the loggers."""
 
 from __future__ import annotations
@@ -47,15 +51,26 @@ class PretrainedBaselines(L.Callback):
     skips the linear probe. Runs once, on rank 0, at the start of a fresh fit (not on resume)."""
 
     def __init__(self, ks=(1, 5, 10), probe_steps: int = 100, probe_lr: float = 1e-3, probe_eval_every: int = 10,
-                 flips: bool = True, batch_size: int = 64) -> None:
+                 flips: bool = True, batch_size: int = 64, init_neck: bool = False) -> None:
         self.ks = tuple(ks)
+        self.init_neck = init_neck
+        self.probe_neck: torch.nn.Module | None = None
         self.probe_steps, self.probe_lr, self.probe_eval_every = probe_steps, probe_lr, probe_eval_every
         self.flips, self.batch_size = flips, batch_size
         self.report_metrics: dict[str, float] = {}
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        if trainer.ckpt_path or trainer.fast_dev_run or not trainer.is_global_zero:
+        if trainer.ckpt_path or trainer.fast_dev_run:
             return
+        if trainer.is_global_zero:
+            self._measure_and_log(trainer, pl_module)
+        if self.init_neck:  # every rank starts from rank 0's probe
+            probe = self.probe_neck.fc.weight.detach() if self.probe_neck is not None else None
+            weight = trainer.strategy.broadcast(probe, src=0)
+            if weight is not None:
+                self._write_probe_into(pl_module.net.neck, weight)
+
+    def _measure_and_log(self, trainer, pl_module) -> None:
         t0 = time.time()
         backbone = pl_module.net.backbone
         was_training = backbone.training
@@ -68,6 +83,18 @@ class PretrainedBaselines(L.Callback):
             lg.log_metrics(self.report_metrics, step=0)
         log.info("baselines in %.0f s: %s", time.time() - t0,
                  {k: round(v, 4) for k, v in self.report_metrics.items() if k.endswith("recall@1")})
+
+    @staticmethod
+    def _write_probe_into(neck: torch.nn.Module, weight: torch.Tensor) -> None:
+        target = getattr(neck, "fc", None)
+        if not isinstance(target, torch.nn.Linear) or target.weight.shape != weight.shape:
+            raise ValueError(f"init_neck: the model's neck must be a LinearNeck of shape {tuple(weight.shape)} "
+                             f"(model.net.neck, model.net.embedding_dim), got {neck}")
+        with torch.no_grad():
+            target.weight.copy_(weight.to(target.weight))
+            if target.bias is not None:
+                target.bias.zero_()
+        log.info("fine-tuning starts from the linear probe (its map written into the model's neck)")
 
     def _split(self, dm, backbone, stage: str):
         q, g = dm.eval_dataset(stage, 0), dm.eval_dataset(stage, 1)
@@ -92,6 +119,7 @@ class PretrainedBaselines(L.Callback):
 
             neck, history = fit_linear_probe(tf, torch.from_numpy(tl), val_score, steps=self.probe_steps,
                                              lr=self.probe_lr, eval_every=self.probe_eval_every)
+            self.probe_neck = neck
             log.info("linear probe val recall@1 by step: %s", [(s, round(v, 4)) for s, v in history])
             out.update({f"linear_probe/{stage}/{k}": float(v) for stage, split in splits.items()
                         for k, v in self._metrics(split, lambda f: project(neck, f)).items()})

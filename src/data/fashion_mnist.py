@@ -31,7 +31,7 @@ FILES = {
     "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte",
 }
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-CONVERTER_VERSION = 2  # 2: open-set retrieval lists
+CONVERTER_VERSION = 3  # 2: open-set retrieval lists; 3: every kind of item on both sides, 300 queries a class
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -92,8 +92,12 @@ def _per_class_subset(labels: np.ndarray, per_class: int | None) -> np.ndarray:
     return np.sort(keep)
 
 
-OPEN_SET_TRAIN_CLASSES, OPEN_SET_EVAL_CLASSES = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
-OPEN_SET_TRAIN_PER_CLASS, OPEN_SET_GALLERY, OPEN_SET_QUERIES = 400, 10, 100
+# Open-set retrieval splits: {prefix: (training classes, unseen evaluation classes)}.
+# "open": new products of kinds training has seen, as a shop adds them: tops (T-shirt, pullover | dress, coat,
+#   shirt), footwear (sandal, sneaker | ankle boot) and the rest (trouser | bag) fall on both sides.
+# "open_disjoint": classes 0-4 | 5-9, where the unseen side is mostly a kind never trained on (footwear, bags).
+OPEN_SET_SPLITS = {"open": ((0, 1, 2, 5, 7), (3, 4, 6, 8, 9)), "open_disjoint": ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))}
+OPEN_SET_TRAIN_PER_CLASS, OPEN_SET_GALLERY, OPEN_SET_QUERIES = 400, 10, 300
 
 
 class FashionMNIST:
@@ -158,23 +162,24 @@ class FashionMNIST:
     @staticmethod
     def _write_open_set_lists(out: Path, train_x: np.ndarray, train_y: np.ndarray, val_start: int, test_x: np.ndarray,
                               test_y: np.ndarray) -> None:
-        """Open-set retrieval: train on classes 0-4 (T-shirt, trouser, pullover, dress, coat), validate and test
-        on classes 5-9 (sandal, shirt, sneaker, bag, ankle boot) that training never sees. Val comes from the
-        held-out training images, test from the official test split; per unseen class the first
-        OPEN_SET_GALLERY images are the gallery and the next OPEN_SET_QUERIES the queries."""
-        lines = {k: [] for k in ("open_train", "open_val_query", "open_val_gallery", "open_test_query",
-                                 "open_test_gallery")}
-        for c in OPEN_SET_TRAIN_CLASSES:
-            for i in np.flatnonzero(train_y[:val_start] == c)[:OPEN_SET_TRAIN_PER_CLASS]:
-                lines["open_train"].append(f"images/train/{i:05d}.png {c} train_{i:05d}")
-        for split, ys, folder, offset in (("val", train_y[val_start:], "train", val_start),
-                                          ("test", test_y, "test", 0)):
-            for c in OPEN_SET_EVAL_CLASSES:
-                idx = offset + np.flatnonzero(ys == c)
-                for kind, chosen in (("gallery", idx[:OPEN_SET_GALLERY]),
-                                     ("query", idx[OPEN_SET_GALLERY:OPEN_SET_GALLERY + OPEN_SET_QUERIES])):
-                    lines[f"open_{split}_{kind}"] += [f"images/{folder}/{i:05d}.png {c} {folder}_{i:05d}"
-                                                      for i in chosen]
+        """Open-set retrieval lists for each split of OPEN_SET_SPLITS: OPEN_SET_TRAIN_PER_CLASS training photos
+        of each training class; val from the held-out training images and test from the official test split,
+        both of the unseen classes only: per class the first OPEN_SET_GALLERY images are the gallery and the
+        next OPEN_SET_QUERIES the queries (300 queries a class: one query is 0.0007 of recall@1)."""
+        lines = {}
+        for prefix, (train_classes, eval_classes) in OPEN_SET_SPLITS.items():
+            rows = lines.setdefault(f"{prefix}_train", [])
+            for c in train_classes:
+                rows += [f"images/train/{i:05d}.png {c} train_{i:05d}"
+                         for i in np.flatnonzero(train_y[:val_start] == c)[:OPEN_SET_TRAIN_PER_CLASS]]
+            for split, ys, folder, offset in (("val", train_y[val_start:], "train", val_start),
+                                              ("test", test_y, "test", 0)):
+                for c in eval_classes:
+                    idx = offset + np.flatnonzero(ys == c)
+                    for kind, chosen in (("gallery", idx[:OPEN_SET_GALLERY]),
+                                         ("query", idx[OPEN_SET_GALLERY:OPEN_SET_GALLERY + OPEN_SET_QUERIES])):
+                        lines.setdefault(f"{prefix}_{split}_{kind}", []).extend(
+                            f"images/{folder}/{i:05d}.png {c} {folder}_{i:05d}" for i in chosen)
         for name, rows in lines.items():
             (out / "lists" / f"{name}.txt").write_text("\n".join(rows) + "\n")
         for name in lines:  # images the per-class subsets of the classification lists may have left out

@@ -27,9 +27,11 @@ class LinearNeck(nn.Module):
     """Linear(in, dim) that starts geometry-preserving, for fine-tuning pretrained features: `init="identity"`
     (dim == in: step 0 embeds exactly the pooled backbone features) or `"orthogonal"` (dim <= in: a
     semi-orthogonal map, distances kept up to the dropped directions). A linear probe with this neck starts
-    at the zero-shot model instead of a random projection of it."""
+    at the zero-shot model instead of a random projection of it. `trainable=False` keeps the map fixed: with few
+    training classes a learnt 1280 x 1280 map fits them and bends the space the unseen classes live in."""
 
-    def __init__(self, in_features: int, dim: int | None = None, init: str = "identity", bias: bool = False) -> None:
+    def __init__(self, in_features: int, dim: int | None = None, init: str = "identity", bias: bool = False,
+                 trainable: bool = True) -> None:
         super().__init__()
         dim = in_features if dim is None else int(dim)
         self.fc = nn.Linear(in_features, dim, bias=bias)
@@ -47,6 +49,7 @@ class LinearNeck(nn.Module):
                 raise ValueError(f"LinearNeck init must be 'identity' or 'orthogonal', got {init!r}")
             if bias:
                 self.fc.bias.zero_()
+        self.fc.requires_grad_(trainable)
         self.out_features = dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
