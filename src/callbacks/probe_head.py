@@ -27,7 +27,8 @@ PROBE_METRICS = ("val/acc", "val/f1")  # as ClassificationSystem logs them: micr
 
 
 @torch.no_grad()
-def net_features(net: torch.nn.Module, dataset, batch_size: int, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def net_features(net: torch.nn.Module, dataset, batch_size: int,
+                 flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """`net.features` (the head's input) of every image, in the net's current mode; `flip` adds mirrored copies."""
     feats, labels = [], []
     device = next(net.parameters()).device
@@ -57,8 +58,8 @@ class LinearProbeHead(L.Callback):
     cs: scikit-learn's C values (inverse L2 strength on standardised features) tried; the one with the best
     `metric` on the validation list wins (ties: the smaller C). One value skips the validation pass."""
 
-    def __init__(self, cs: Sequence[float] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0), metric: str = "val/acc",
-                 max_iter: int = 200, flips: bool = False, batch_size: int = 64) -> None:
+    def __init__(self, cs: Sequence[float] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
+                 metric: str = "val/acc", max_iter: int = 200, flips: bool = False, batch_size: int = 64) -> None:
         self.cs = sorted(float(c) for c in cs)
         if not self.cs or self.cs[0] <= 0:
             raise ValueError(f"callbacks.probe_head.cs must be positive numbers, got {list(cs)}")

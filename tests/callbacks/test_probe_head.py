@@ -14,6 +14,7 @@ from src.train import train
 from src.utils.model_selection import INITIAL_CKPT
 from src.utils.run_dirs import SUMMARY
 from tests.conftest import compose_cfg
+from tests.models.test_logistic_probe import global_scaled
 from tests.test_readme_commands import _image
 
 COLOURS = [(170, 70, 70), (70, 170, 70), (70, 70, 170)]
@@ -49,7 +50,6 @@ def destructive_run(tmp_path_factory):
 @pytest.mark.numeric
 def test_the_starting_head_is_the_linear_probe(destructive_run):
     from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
 
     from src.callbacks.probe_head import net_features
     from src.data.datasets import ImageDataset
@@ -61,9 +61,8 @@ def test_the_starting_head_is_the_linear_probe(destructive_run):
     fresh = ClassifierNet(efficientnet_lite_backbone(pretrained=True), num_classes=3).eval()
     (xt, yt), (xv, yv) = (net_features(fresh, ImageDataset(dm.split_samples(s), dm.eval_transform), 16)
                           for s in ("train", "val"))
-    scaler = StandardScaler().fit(xt.double().numpy())
-    ref = LogisticRegression(C=metrics["probe/c"], max_iter=5000).fit(scaler.transform(xt.double().numpy()), yt)
-    ref_acc = float((ref.predict(scaler.transform(xv.double().numpy())) == yv.numpy()).mean())
+    ref = LogisticRegression(C=metrics["probe/c"], max_iter=5000).fit(global_scaled(xt, xt), yt)
+    ref_acc = float((ref.predict(global_scaled(xv, xt)) == yv.numpy()).mean())
     # A random head would sit near 1/3; the probe is good but imperfect on these labels.
     assert 0.55 <= ref_acc <= 0.95, ref_acc
     # float32 features vs scikit-learn's float64 solve: an image on the decision boundary may flip (1 of 24).

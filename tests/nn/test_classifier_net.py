@@ -13,7 +13,8 @@ class TinyBackbone(nn.Module):
 
     def __init__(self, num_features=8):
         super().__init__()
-        self.conv, self.bn, self.num_features = nn.Conv2d(3, num_features, 3), nn.BatchNorm2d(num_features), num_features
+        self.conv, self.bn = nn.Conv2d(3, num_features, 3), nn.BatchNorm2d(num_features)
+        self.num_features = num_features
 
     def forward(self, x):
         return self.bn(self.conv(x)).mean(dim=(-2, -1))
