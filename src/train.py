@@ -168,7 +168,7 @@ BASELINES = (("pixel_logreg", "pixel LR"), ("zero_shot", "zero-shot"), ("linear_
              ("initial", "start"))
 
 
-HEADLINE = ("recall@1", "recall@5", "map@r", "acc", "f1_macro", "map", "map_50")
+HEADLINE = ("recall@1", "recall@5", "map@r", "acc", "f1", "map", "map_50")  # f1: classification macro-F1
 
 
 def print_summary(metrics: dict[str, float], selected: str = "trained") -> None:

@@ -38,6 +38,8 @@ class ClassificationSystem(L.LightningModule):
         checkpoint). loss = kd_alpha * KL_T(teacher || student) * T^2 + (1 - kd_alpha) * criterion.
     tta_hflip / tta_scales: average probabilities over flips/scales in val/test (e.g. set through src.eval's
         model_overrides).
+    backbone_lr_mult: with a net that has a `backbone` (src.nn.classifier_net.ClassifierNet), the backbone's
+        learning rate is the optimizer's lr times this (pretrained fine-tuning: e.g. 0.1); None: one rate for all.
     save_test_predictions: write softmax probabilities of the test set (by sample uid) to
         `<trainer.default_root_dir>/predictions/test_probs.{npz,csv}` (out-of-fold predictions of a fold run).
     """
@@ -58,6 +60,7 @@ class ClassificationSystem(L.LightningModule):
         class_names: Sequence[str] | None = None,
         save_test_predictions: bool = False,
         report_max_classes: int = 100,
+        backbone_lr_mult: float | None = None,
     ) -> None:
         super().__init__()
         # Plain lists (not Hydra's ListConfig): hyperparameters must load under torch.load(weights_only=True).
@@ -67,6 +70,9 @@ class ClassificationSystem(L.LightningModule):
         self.save_hyperparameters(ignore=["net", "criterion", "optimizer", "scheduler", "batch_mix", "teacher"])
         if not 0.0 <= kd_alpha <= 1.0:
             raise ValueError(f"kd_alpha must be in [0, 1], got {kd_alpha}")
+        if backbone_lr_mult is not None and not hasattr(net, "backbone"):
+            raise ValueError(f"model.backbone_lr_mult needs a net with a backbone (ClassifierNet), got "
+                             f"{type(net).__name__}")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -234,4 +240,13 @@ class ClassificationSystem(L.LightningModule):
         return list(paths.values())
 
     def configure_optimizers(self):
-        return configure(self, self.optimizer_factory, self.scheduler_factory)
+        if self.hparams.get("backbone_lr_mult") is None:
+            return configure(self, self.optimizer_factory, self.scheduler_factory)
+        # Every backbone parameter, frozen or not: BackboneWarmup may freeze it for the first epochs only.
+        backbone = list(self.net.backbone.parameters())
+        backbone_ids = {id(p) for p in backbone}
+        head = [p for p in self.parameters() if p.requires_grad and id(p) not in backbone_ids]
+        base_lr = self.optimizer_factory.keywords.get("lr", 1e-3)
+        groups = [{"params": backbone, "lr": base_lr * self.hparams.backbone_lr_mult, "name": "backbone"},
+                  {"params": head, "lr": base_lr, "name": "head"}]
+        return configure(self, self.optimizer_factory, self.scheduler_factory, params=groups)
