@@ -65,3 +65,24 @@ def test_real_files_have_the_documented_shapes():
     x, y = load_split(DEFAULT_RAW_DIR, "test")
     assert x.shape == (10000, 28, 28) and x.dtype == np.uint8
     assert np.bincount(y).tolist() == [1000] * 10
+
+
+def test_open_set_lists_never_search_a_training_class(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 400), ("t10k", 200)):
+        write_idx(raw / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(raw / f"{split}-labels-idx1-ubyte.gz", (np.arange(n) % 10).astype(np.uint8))
+    src = FashionMNIST(str(tmp_path / "out"), raw_dir=str(raw), num_val=200)
+    src.prepare()
+    lists = src.root / "lists"
+    for prefix, train_classes in (("open", {0, 1, 2, 5, 7}), ("open_disjoint", {0, 1, 2, 3, 4})):
+        train = read_image_list(lists / f"{prefix}_train.txt", src.root)
+        assert {s.label for s in train} == train_classes and len(train) == 5 * 20  # all 20 of each (< 400)
+        for split in ("val", "test"):
+            query = read_image_list(lists / f"{prefix}_{split}_query.txt", src.root)
+            gallery = read_image_list(lists / f"{prefix}_{split}_gallery.txt", src.root)
+            assert {s.label for s in query} == {s.label for s in gallery} == set(range(10)) - train_classes
+            assert not {s.path for s in query} & {s.path for s in gallery}
+            assert all(os.path.exists(s.path) for s in query + gallery)

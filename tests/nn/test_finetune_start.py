@@ -67,3 +67,20 @@ def test_freeze_bn_keeps_running_statistics_while_weights_train():
     net(torch.randn(4, 3, 64, 64)).sum().backward()
     torch.testing.assert_close(bn.running_mean, before, atol=0, rtol=0)
     assert not bn.training and bn.weight.grad is not None and net.backbone.conv1.weight.grad is not None
+
+
+def test_fixed_neck_is_not_trained_and_not_in_the_optimizer():
+    # `trainable: false` (conf/model/embedding_lite0.yaml): the map the run starts from stays as it is.
+    from pytorch_metric_learning.losses import ArcFaceLoss
+
+    from src.models.embedding import EmbeddingSystem
+
+    net = EmbeddingNet(_backbone(), embedding_dim=512, pool=GeM(p=1.0),
+                       neck=functools.partial(LinearNeck, init="identity", trainable=False))
+    assert not net.neck.fc.weight.requires_grad
+    system = EmbeddingSystem(net, {"arcface": ArcFaceLoss(num_classes=3, embedding_size=512)},
+                             optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+    opt = system.configure_optimizers()
+    opt = opt["optimizer"] if isinstance(opt, dict) else opt
+    ids = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert id(net.neck.fc.weight) not in ids and id(net.pool.p) in ids
