@@ -51,14 +51,16 @@ def test_choose_returned_prefers_a_strictly_better_epoch(tmp_path):
     assert choose_returned("best.ckpt", 0.1, None, None, "val/recall@1", "max") == ("best.ckpt", "trained")
 
 
+@pytest.mark.numeric
 def test_fine_tuning_starts_from_the_linear_probe(make_cfg):
     # LP-FT: the probe's map is written into the model's (fixed) neck before training, so the frozen-backbone
     # warm-up epoch embeds with the probe: its val recall@1 is the probe's (up to GeM's p, which the warm-up trains).
     cfg = make_cfg([*LITE0_TINY, "trainer.max_epochs=1", "callbacks.baselines.probe_steps=30",
-                    "callbacks.baselines.probe_eval_every=5"])
+                    "+callbacks.baselines.probe_eval_every=5"])
     metrics, objects = train(cfg)
     probe = next(c for c in objects["callbacks"] if type(c).__name__ == "PretrainedBaselines").probe_neck
     neck = objects["model"].net.neck.fc.weight.detach().cpu()
+    assert not torch.equal(probe.fc.weight, torch.eye(probe.fc.weight.shape[0]))  # the probe moved: not vacuous
     torch.testing.assert_close(neck, probe.fc.weight.detach(), atol=0, rtol=0)
     assert metrics["val/recall@1"] == pytest.approx(metrics["linear_probe/val/recall@1"], abs=0.05)
 
