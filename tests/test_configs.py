@@ -30,6 +30,8 @@ def test_experiment_composes_and_instantiates(experiment, tmp_path):
     if missing:
         assert missing <= USER_INPUTS, missing - USER_INPUTS
         return
+    if "num_classes" in cfg.data and cfg.data.num_classes is None:
+        cfg.data.num_classes = 3  # read from the training list by src.train (tested in test_readme_commands)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
     assert hasattr(datamodule, "setup") and hasattr(model, "training_step")
