@@ -56,7 +56,7 @@ def test_gallery_list_add_remove(service):
     new = FAMILY_HEADS[7]
     form = {"sku": "new-7", "name": "Brand new", "category": "snack", "price": "3.25"}
     r = client.post("/gallery", data=form, files=_photo_files(studio_shot(new)))
-    assert r.status_code == 200 and r.json() == {"added": 1, "skipped": 0, "count": 7}
+    assert r.status_code == 200 and r.json() == {"added": 1, "skipped": 0, "count": 7, "prices_changed": []}
     assert client.post("/gallery", data=form, files=_photo_files(studio_shot(new))).json()["skipped"] == 1
     assert len(list((gallery.directory / "uploads").iterdir())) == 1  # the photo is kept for rebuilds
     rec = client.post("/recognize", files=_photo_files(studio_shot(new))).json()
