@@ -68,7 +68,7 @@ def app_from_env():
     return build_app(**kwargs)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m src.service", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--index", required=True, help="gallery folder (GalleryIndex layout); created if missing")
@@ -86,7 +86,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1, help="worker processes (each loads the models)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads per worker (default: torch's)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from src.service.auth import KeyFileError, load_admin_keys
 

@@ -120,7 +120,8 @@ def test_a_change_through_one_worker_is_served_by_both(two_workers):
     pids = {h["worker_pid"] for h in after}
     assert len(pids) == 2, "only one worker answered 40 requests"
     assert {h["gallery_images"] for h in after} == {7}  # every answer, from either worker, has the new product
-    assert len({h["gallery_version"] for h in after}) == 1 and after[0]["gallery_version"] != before[0]["gallery_version"]
+    versions = {h["gallery_version"] for h in after}
+    assert len(versions) == 1 and versions != {before[0]["gallery_version"]}
     for _ in range(10):  # and it is priced, not just counted
         items = {p["sku"]: p["price"] for p in _get(url + "/gallery")["items"]}
         assert items["new-7"] == 3.25
@@ -131,7 +132,8 @@ def test_a_change_through_one_worker_is_served_by_both(two_workers):
 
     def adder(k):
         for j in range(3):
-            res = _post(url + "/gallery", {"sku": f"c-{k}-{j}", "price": "1"}, png(studio_shot(variants[(3 * k + j) % 8])))
+            photo = png(studio_shot(variants[(3 * k + j) % 8]))
+            res = _post(url + "/gallery", {"sku": f"c-{k}-{j}", "price": "1"}, photo)
             with lock:
                 results.append(res)
 
