@@ -71,9 +71,9 @@ test-mmdet: install-mmdet
 test-browser: $(ENV_STAMP) install-browser
 	REQUIRE_BROWSER=1 $(PY) -m pytest -m browser $(ARGS)
 
-# make serve EMBEDDER=<ckpt> [INDEX=outputs/gallery] [DETECTOR=<ckpt>] [PORT=8000]: service + cashier page
+# make serve EMBEDDER=<ckpt> [INDEX=outputs/gallery] [DETECTOR=<ckpt>] [PORT=8000] [ARGS="--workers 2"]: service+page
 serve: $(ENV_STAMP)
-	$(PY) -m src.service --index $(or $(INDEX),outputs/gallery) --embedder $(EMBEDDER) $(if $(DETECTOR),--detector $(DETECTOR)) --port $(or $(PORT),8000) --threads 1
+	$(PY) -m src.service --index $(or $(INDEX),outputs/gallery) --embedder $(EMBEDDER) $(if $(DETECTOR),--detector $(DETECTOR)) --port $(or $(PORT),8000) --threads 1 $(ARGS)
 
 # Real photos: brief training beats the measured accuracy and src.eval writes the report with the confusion
 # matrix. Installs the data first; REQUIRE_FASHION_MNIST=1 makes missing data a failure, not a skip.

@@ -75,17 +75,20 @@ def cmd_add(args) -> None:
                    for p in args.image]
     else:
         raise SystemExit("add needs --images LIST, or --image PATH [PATH ...] with --sku")
-    _print(gallery.add(entries))
+    _print(gallery.add(entries, key_id="cli"))
 
 
 def cmd_remove(args) -> None:
-    from src.retrieval.index import GalleryIndex
+    from src.recognition.gallery import removal_audit
+    from src.retrieval.index import GalleryIndex, directory_lock
 
-    index = GalleryIndex.load(args.index)  # no embedder needed to remove
-    n = index.remove(skus=args.sku)
-    if n == 0:
-        raise SystemExit(f"no image of sku {args.sku} in {args.index}")
-    index.save(args.index)
+    with directory_lock(args.index):  # a running service (or another command) may be changing it too
+        index = GalleryIndex.load(args.index)  # no embedder needed to remove
+        rows = [index.metadata(int(i)) for i in index.ids]
+        n = index.remove(skus=args.sku)
+        if n == 0:
+            raise SystemExit(f"no image of sku {args.sku} in {args.index}")
+        index.save(args.index, audit=removal_audit([r for r in rows if r["sku"] in set(args.sku)], "cli"))
     _print({"removed": n, "count": len(index)})
 
 

@@ -1,6 +1,6 @@
 """Every command the README shows runs as written: `python -m src.train/src.eval` lines compose with Hydra,
-`python -m src.recognize` lines parse, `make` lines name real targets, and the own-data commands (those that set
-`data.source.root`) run one `fast_dev_run` step on tiny data this test writes in their formats."""
+`python -m src.recognize` and `src.service` lines parse, `make` lines name real targets, and the own-data commands
+(those that set `data.source.root`) run one `fast_dev_run` step on tiny data this test writes in their formats."""
 
 from __future__ import annotations
 
@@ -75,6 +75,15 @@ def test_recognize_commands_parse():
     for argv in lines:
         args = build_parser().parse_args(argv[3:])
         assert callable(args.func), argv
+
+
+def test_service_commands_parse():
+    from src.service.__main__ import build_parser
+
+    lines = [c for c in COMMANDS if c[:3] == ["python", "-m", "src.service"]]
+    assert len(lines) >= 2
+    for argv in lines:
+        build_parser().parse_args(argv[3:])
 
 
 def test_make_commands_name_real_targets():

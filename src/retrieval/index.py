@@ -28,13 +28,24 @@ directory, so a pointer file is swapped instead)::
     <dir>/CURRENT                 name of the live version, replaced with os.replace
     <dir>/v-<time>-<uuid>/        manifest.json, index*.faiss, vectors.npy, ids.npy, metadata.sqlite
     <dir>/.tmp-<uuid>/            a save in progress (removed by the next save if a crash left it)
+    <dir>/LOCK                    flock target of :func:`directory_lock` (processes sharing the directory)
 
 A save writes and fsyncs a complete version in a temp directory, renames it to ``v-...``, then swaps
 ``CURRENT``. A crash at any point leaves ``CURRENT`` naming a complete older version.
+
+Audit trail: ``metadata.sqlite`` also holds an append-only ``audit`` table (:data:`AUDIT_FIELDS`). Each save
+copies the previous version's rows and appends the ones passed to :meth:`GalleryIndex.save`, so a change and
+the rows recording it become visible in the same ``CURRENT`` swap (both or neither). Versions written before
+the table existed read as an empty history; their next save creates it.
+
+Several processes (e.g. service workers) may share one directory: writers hold ``directory_lock(dir)``
+(exclusive) around load-if-moved -> change -> save, readers reload under the shared lock when
+:func:`current_version` no longer names the version they hold (:attr:`GalleryIndex.version`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -46,16 +57,20 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import faiss
 import numpy as np
 
 from .search import as_embeddings, drop_and_compact
 
-__all__ = ["METADATA_FIELDS", "GalleryIndex", "IncompatibleIndexError", "SearchResult"]
+__all__ = ["AUDIT_FIELDS", "LOCK_FILE", "METADATA_FIELDS", "GalleryIndex", "IncompatibleIndexError", "SearchResult",
+           "current_version", "directory_lock", "read_audit"]
 
 METADATA_FIELDS = ("sku", "name", "category", "price", "image_path", "extra")
+# One audit row: UTC ISO time, who (an API key id, never the key), add/remove/price, the SKU, prices, image hash.
+AUDIT_FIELDS = ("time", "key_id", "action", "sku", "old_price", "new_price", "image_sha256")
+LOCK_FILE = "LOCK"
 FORMAT_VERSION = 1
 _NORM_TOLERANCE = 1e-3  # scores and thresholds assume cosine similarity
 
@@ -94,6 +109,82 @@ def _fsync_dir(path: Path) -> None:
 def _save_npy(path: Path, arr: np.ndarray) -> None:
     with open(path, "wb") as f:
         np.save(f, arr, allow_pickle=False)
+
+
+def current_version(directory: str | os.PathLike) -> str | None:
+    """The version name ``<directory>/CURRENT`` points to (None without one): a cheap "did it move?" check."""
+    try:
+        return (Path(directory) / "CURRENT").read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+@contextlib.contextmanager
+def directory_lock(directory: str | os.PathLike, *, exclusive: bool = True) -> Iterator[None]:
+    """``flock`` on ``<directory>/LOCK``: exclusive for a read-modify-write, shared for a reload. Works across
+    processes and across threads (each call opens its own file description). No-op where fcntl is missing."""
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: one process per directory, as before
+        yield
+        return
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _audit_row(row: Mapping[str, Any], position: int) -> tuple:
+    unknown = set(row) - set(AUDIT_FIELDS)
+    missing = {"time", "action", "sku"} - set(row)
+    if unknown or missing:
+        raise ValueError(f"audit row {position}: unknown keys {sorted(unknown)}, missing {sorted(missing)}")
+    price = lambda v: None if v is None else float(v)  # noqa: E731
+    text = lambda v: None if v is None else str(v)  # noqa: E731
+    return (str(row["time"]), text(row.get("key_id")), str(row["action"]), str(row["sku"]),
+            price(row.get("old_price")), price(row.get("new_price")), text(row.get("image_sha256")))
+
+
+def _has_audit_table(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit'").fetchone() is not None
+
+
+def read_audit(directory: str | os.PathLike, *, limit: int = 100, offset: int = 0, sku: str | None = None,
+               attempts: int = 5) -> tuple[int, list[dict[str, Any]]]:
+    """``(total, rows)`` of the audit trail of the live version, newest first (``seq`` = append order).
+
+    A save in another process may delete the version between reading CURRENT and opening it; that is retried
+    (or hold :func:`directory_lock` shared)."""
+    root = Path(directory)
+    for attempt in range(attempts):
+        name = current_version(root)
+        if name is None:
+            return 0, []
+        path = root / name / "metadata.sqlite"
+        try:
+            if not path.is_file():
+                raise FileNotFoundError(path)
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                if not _has_audit_table(conn):
+                    return 0, []
+                where, args = ("WHERE sku = ?", (sku,)) if sku is not None else ("", ())
+                total = conn.execute(f"SELECT COUNT(*) FROM audit {where}", args).fetchone()[0]
+                cur = conn.execute(f"SELECT seq, {', '.join(AUDIT_FIELDS)} FROM audit {where} "
+                                   "ORDER BY seq DESC LIMIT ? OFFSET ?", (*args, int(limit), int(offset)))
+                rows = [dict(zip(("seq", *AUDIT_FIELDS), r)) for r in cur]
+            finally:
+                conn.close()
+            return total, rows
+        except (OSError, sqlite3.Error):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.01 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _check_normalized(x: np.ndarray, name: str) -> None:
@@ -184,6 +275,7 @@ class GalleryIndex:
         self._key_to_id: dict[tuple[str, str], int] = {}
         self._tombstones: set[int] = set()  # in the faiss index but removed
         self._next_id = 0
+        self._version: str | None = None  # the on-disk version this state was loaded from / last saved as
         self.set_search_breadth(nprobe=nprobe, ef_search=ef_search)  # one validation for construction and later changes
 
     # ------------------------------------------------------------------ properties
@@ -202,6 +294,22 @@ class GalleryIndex:
     @property
     def threshold(self) -> float | None:
         return self._threshold
+
+    @property
+    def version(self) -> str | None:
+        """Name of the on-disk version (``v-...``) this state was loaded from or last saved as; None if never."""
+        return self._version
+
+    _STATE = ("_factory", "_threshold", "_num_shards", "_chunk_size", "_index", "_gpu_index", "_vectors", "_ids",
+              "_meta", "_key_to_id", "_tombstones", "_next_id", "_version", "_nprobe", "_ef_search")
+
+    def take_state(self, other: "GalleryIndex") -> None:
+        """Become ``other`` (e.g. a newer version loaded from disk) in one step under this index's lock, so
+        objects holding this index (a pipeline) follow it and a search sees the old or the new state."""
+        self.check_compatible(other.fingerprint, other.dim)
+        with self._lock, other._lock:
+            for name in self._STATE:
+                setattr(self, name, getattr(other, name))
 
     def set_threshold(self, threshold: float | None) -> None:
         """Set the open-set threshold (e.g. from :func:`threshold_for_far` on validation scores)."""
@@ -408,6 +516,22 @@ class GalleryIndex:
             self._gpu_index = None
             return len(targets)
 
+    def update(self, *, skus: Iterable[str], **fields: Any) -> int:
+        """Set ``name``/``category``/``price`` on every entry of these skus; return how many entries."""
+        if isinstance(skus, str):
+            skus = [skus]
+        bad = set(fields) - {"name", "category", "price"}
+        if bad:
+            raise ValueError(f"only name, category and price can be updated, not {sorted(bad)}")
+        if "price" in fields and fields["price"] is not None:
+            fields["price"] = float(fields["price"])
+        sku_set = {str(s) for s in skus}
+        with self._lock:
+            targets = [row for row in self._meta.values() if row["sku"] in sku_set]
+            for row in targets:
+                row.update(fields)
+            return len(targets)
+
     def rebuild(self) -> None:
         """New faiss index from the stored vectors: drops tombstones, retrains IVF on everything."""
         with self._lock:
@@ -480,9 +604,24 @@ class GalleryIndex:
             "file_sizes": files,
         }
 
-    def _write_sqlite(self, path: Path) -> None:
+    def _write_sqlite(self, path: Path, previous: Path | None = None, audit: Sequence[tuple] = ()) -> int:
+        """Products, tombstones, and the audit trail: ``previous``'s rows (if it has any) + ``audit``.
+        Returns the number of audit rows."""
         conn = sqlite3.connect(path)
         try:
+            conn.execute(
+                "CREATE TABLE audit (seq INTEGER PRIMARY KEY, time TEXT NOT NULL, key_id TEXT, action TEXT NOT NULL,"
+                " sku TEXT NOT NULL, old_price REAL, new_price REAL, image_sha256 TEXT)"
+            )
+            if previous is not None and previous.is_file():
+                old = sqlite3.connect(f"file:{previous}?mode=ro", uri=True)
+                try:
+                    if _has_audit_table(old):
+                        conn.executemany(f"INSERT INTO audit (seq, {', '.join(AUDIT_FIELDS)}) VALUES (?{', ?' * 7})",
+                                         old.execute(f"SELECT seq, {', '.join(AUDIT_FIELDS)} FROM audit ORDER BY seq"))
+                finally:
+                    old.close()
+            conn.executemany(f"INSERT INTO audit ({', '.join(AUDIT_FIELDS)}) VALUES (?{', ?' * 6})", audit)
             conn.execute(
                 "CREATE TABLE products (id INTEGER PRIMARY KEY, sku TEXT NOT NULL, name TEXT, category TEXT,"
                 " price REAL, image_path TEXT NOT NULL, extra TEXT NOT NULL, UNIQUE (sku, image_path))"
@@ -497,11 +636,13 @@ class GalleryIndex:
                 ),
             )
             conn.executemany("INSERT INTO tombstones VALUES (?)", ((i,) for i in sorted(self._tombstones)))
+            n_audit = conn.execute("SELECT COUNT(*) FROM audit").fetchone()[0]
             conn.commit()
         finally:
             conn.close()
+        return n_audit
 
-    def _write_version(self, tmp: Path) -> None:
+    def _write_version(self, tmp: Path, previous: Path | None = None, audit: Sequence[tuple] = ()) -> None:
         """Write every file of one version into ``tmp`` and fsync them; the manifest comes last."""
         cpu_index = self._index  # the CPU index is the source of truth even with use_gpu
         subs = self._sub_indexes(cpu_index) if isinstance(cpu_index, faiss.IndexShards) else [cpu_index]
@@ -510,34 +651,37 @@ class GalleryIndex:
             faiss.write_index(sub, str(tmp / name))
         _save_npy(tmp / "vectors.npy", self._vectors)
         _save_npy(tmp / "ids.npy", self._ids)
-        self._write_sqlite(tmp / "metadata.sqlite")
+        n_audit = self._write_sqlite(tmp / "metadata.sqlite", previous, audit)
         names = [*index_files, "vectors.npy", "ids.npy", "metadata.sqlite"]
         for name in names:
             _fsync_file(tmp / name)
         sizes = {name: (tmp / name).stat().st_size for name in names}
         with open(tmp / "manifest.json", "w") as f:
-            json.dump(self._manifest(sizes, index_files), f, indent=2)
+            json.dump({**self._manifest(sizes, index_files), "audit_rows": n_audit}, f, indent=2)
             f.flush()
             os.fsync(f.fileno())
         _fsync_dir(tmp)
 
-    def save(self, directory: str | os.PathLike) -> Path:
+    def save(self, directory: str | os.PathLike, audit: Sequence[Mapping[str, Any]] = ()) -> Path:
         """Save atomically into ``directory`` (created if missing); return the version directory.
 
-        Keeps the previous version for readers that already opened it; older versions and temp
-        directories left by crashed saves are removed. One writing process per directory: a second
-        process saving concurrently may have its temp directory cleaned away (its save then fails;
-        the live version is never damaged)."""
+        ``audit``: rows (:data:`AUDIT_FIELDS`) appended to the trail copied from the live version, committed
+        with this version. Keeps the previous version for readers that already opened it; older versions and
+        temp directories left by crashed saves are removed. Processes sharing the directory hold
+        :func:`directory_lock` around their read-modify-write; without it a second process saving
+        concurrently may have its temp directory cleaned away (its save then fails; the live version is never
+        damaged)."""
         root = Path(directory)
         root.mkdir(parents=True, exist_ok=True)
-        if any(root.iterdir()) and not (root / "CURRENT").exists():
+        audit_rows = [_audit_row(r, i) for i, r in enumerate(audit)]
+        if any(e.name != LOCK_FILE for e in root.iterdir()) and not (root / "CURRENT").exists():
             raise ValueError(f"{root} is not empty and holds no GalleryIndex (no CURRENT file); refusing to write")
         with self._lock:
             previous = (root / "CURRENT").read_text().strip() if (root / "CURRENT").exists() else None
             tmp = root / f".tmp-{uuid.uuid4().hex}"
             tmp.mkdir()
             try:
-                self._write_version(tmp)
+                self._write_version(tmp, root / previous / "metadata.sqlite" if previous else None, audit_rows)
                 version = root / f"v-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
                 os.rename(tmp, version)
                 _fsync_dir(root)
@@ -548,6 +692,7 @@ class GalleryIndex:
                     os.fsync(f.fileno())
                 os.replace(pointer, root / "CURRENT")  # the commit point
                 _fsync_dir(root)
+                self._version = version.name
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -635,6 +780,7 @@ class GalleryIndex:
         finally:
             conn.close()
         self._next_id = manifest["next_id"]
+        self._version = name
         expected = manifest["count"]
         if not (len(self._ids) == len(self._vectors) == len(self._meta) == expected):
             raise ValueError(

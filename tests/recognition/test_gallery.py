@@ -52,7 +52,7 @@ def test_build_from_image_list_with_catalogue(tmp_path, embedder):
     lst = write_list(tmp_path, FAMILY_HEADS[:4])
     entries = entries_from_image_list(lst, read_catalogue(tmp_path / "catalogue.json"), root=tmp_path)
     gallery = Gallery.create(embedder, tmp_path / "index")
-    assert gallery.add(entries) == {"added": 4, "skipped": 0, "count": 4}
+    assert gallery.add(entries) == {"added": 4, "skipped": 0, "count": 4, "prices_changed": []}
     products = gallery.products()
     s = FAMILY_HEADS[0]
     assert products[0] == {"sku": str(s.sku_id), "name": s.name, "category": s.category, "price": s.price,
@@ -69,7 +69,7 @@ def test_add_embeds_only_new_images_and_remove_persists(tmp_path, embedder):
     assert counting.count == 6
     lst2 = write_list(tmp_path, FAMILY_HEADS[:5], name="more.txt", views=2)  # 3 products known + 2 new
     entries = entries_from_image_list(lst2, root=tmp_path)
-    assert gallery.add(entries) == {"added": 4, "skipped": 6, "count": 10}
+    assert gallery.add(entries) == {"added": 4, "skipped": 6, "count": 10, "prices_changed": []}
     assert counting.count == 10  # only the 4 new images were read and embedded
     assert gallery.add(entries)["added"] == 0 and counting.count == 10
     assert gallery.remove([str(FAMILY_HEADS[0].sku_id)]) == 2
@@ -84,7 +84,7 @@ def test_failed_save_leaves_memory_as_on_disk(tmp_path, embedder, monkeypatch):
     gallery = Gallery.create(embedder, tmp_path / "index")
     gallery.add([ProductImage("a", "a.jpg", image=studio_shot(FAMILY_HEADS[0]))])
 
-    def broken(directory):
+    def broken(directory, audit=()):
         raise OSError("disk full")
 
     monkeypatch.setattr(gallery.index, "save", broken)

@@ -37,7 +37,7 @@ def test_build_add_remove_search_checkout(tmp_path, tiny_ckpt, capsys):
     photo = tmp_path / "new.jpg"
     photo.write_bytes(ph.jpeg_bytes(studio_shot(FAMILY_HEADS[5]), 95))
     out = run(capsys, "add", *common, "--image", photo, "--sku", "new-1", "--name", "New thing", "--price", 2.5)
-    assert out == {"added": 1, "skipped": 0, "count": 5}
+    assert out == {"added": 1, "skipped": 0, "count": 5, "prices_changed": []}
     assert run(capsys, "add", *common, "--image", photo, "--sku", "new-1")["added"] == 0  # known image: not re-embedded
 
     counter = tmp_path / "counter.jpg"

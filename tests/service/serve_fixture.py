@@ -1,5 +1,8 @@
 """`python -m tests.service.serve_fixture --dir D --port P`: the real app (uvicorn) over the test gallery
-(identity-like embedder, blob detector), for the browser test; a subprocess like production."""
+(identity-like embedder, blob detector, the test admin keys), for the browser test; a subprocess like production.
+
+Several workers: `SERVE_FIXTURE_DIR=D python -m uvicorn tests.service.serve_fixture:app_from_env --factory
+--workers 2` (each worker opens the gallery in D)."""
 
 from __future__ import annotations
 
@@ -20,6 +23,12 @@ def main() -> None:
 
     app, _ = make_service(args.dir)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+
+
+def app_from_env():
+    from tests.service.conftest import make_service
+
+    return make_service(os.environ["SERVE_FIXTURE_DIR"])[0]
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from src.recognition.gallery import Gallery
 from tests.recognition.helpers import CATALOGUE, counter_photo, pixel_embedder, studio_shot
-from tests.service.conftest import FAMILY_HEADS, SHOP, png
+from tests.service.conftest import ADMIN_KEYS, AUTH, FAMILY_HEADS, SHOP, png
 
 
 def _photo_files(image):
@@ -20,8 +21,11 @@ def test_health_page_and_static(service):
     client, gallery = service
     r = client.get("/health")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "gallery_images": 6, "threshold": 0.95, "fingerprint": "pixels-16",
-                        "detector": True}
+    health = r.json()
+    assert health.pop("worker_pid") == os.getpid()
+    assert health.pop("gallery_version") == gallery.version and gallery.version.startswith("v-")
+    assert health == {"status": "ok", "gallery_images": 6, "threshold": 0.95, "fingerprint": "pixels-16",
+                      "detector": True, "changes_enabled": True}
     page = client.get("/")
     assert page.status_code == 200 and 'id="overlay"' in page.text and "/static/app.js" in page.text
     assert client.get("/static/app.js").status_code == 200
@@ -56,7 +60,7 @@ def test_gallery_list_add_remove(service):
     new = FAMILY_HEADS[7]
     form = {"sku": "new-7", "name": "Brand new", "category": "snack", "price": "3.25"}
     r = client.post("/gallery", data=form, files=_photo_files(studio_shot(new)))
-    assert r.status_code == 200 and r.json() == {"added": 1, "skipped": 0, "count": 7}
+    assert r.status_code == 200 and r.json() == {"added": 1, "skipped": 0, "count": 7, "prices_changed": []}
     assert client.post("/gallery", data=form, files=_photo_files(studio_shot(new))).json()["skipped"] == 1
     assert len(list((gallery.directory / "uploads").iterdir())) == 1  # the photo is kept for rebuilds
     rec = client.post("/recognize", files=_photo_files(studio_shot(new))).json()
@@ -163,8 +167,9 @@ def test_service_entry_point_builds_from_a_checkpoint(tmp_path, tiny_ckpt):
 
     from src.service.__main__ import build_app
 
-    app = build_app(str(tmp_path / "fresh"), str(tiny_ckpt))  # a missing folder becomes an empty gallery
-    with TestClient(app) as client:
+    app = build_app(str(tmp_path / "fresh"), str(tiny_ckpt),  # a missing folder becomes an empty gallery
+                    admin_keys=ADMIN_KEYS)
+    with TestClient(app, headers=AUTH) as client:
         assert client.get("/health").json()["gallery_images"] == 0
         img = counter_photo(SHOP[:2], 0)[0]
         assert client.post("/checkout", files=_photo_files(img)).json()["items"] == []  # empty gallery: unknown

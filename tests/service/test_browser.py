@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.recognition.helpers import counter_photo
-from tests.service.conftest import FAMILY_HEADS, SHOP, png
+from tests.recognition.helpers import counter_photo, studio_shot
+from tests.service.conftest import ADMIN_KEY, FAMILY_HEADS, SHOP, png
 
 pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
@@ -113,6 +113,25 @@ def test_cashier_page_shows_the_apis_receipt(server, tmp_path):
                 rgb = page.evaluate("([x, y]) => Array.from(document.getElementById('overlay').getContext('2d')"
                                     ".getImageData(Math.round(x), Math.round(y), 1, 1).data)", [x, y])
                 assert (rgb[:3] == [0, 160, 0]) if d["kind"] == "item" else (rgb[:3] == [224, 112, 0]), (d, rgb)
+
+            # Adding a product needs the admin key: refused without it, added with it (kept for this tab only).
+            new_photo = tmp_path / "new.png"
+            new_photo.write_bytes(png(studio_shot(c)))
+            page.fill("#add-sku", "page-added")
+            page.fill("#add-price", "4.2")
+            page.set_input_files("#add-image", str(new_photo))
+            page.click("#add-form button[type=submit]")
+            page.wait_for_selector("#add-status.error")
+            assert "admin key" in page.inner_text("#add-status")
+            page.fill("#admin-key", ADMIN_KEY)
+            page.dispatch_event("#admin-key", "change")
+            page.click("#add-form button[type=submit]")
+            page.wait_for_function("document.getElementById('add-status').textContent.startsWith('Added 1')")
+            page.wait_for_function("document.getElementById('gallery-summary').textContent.startsWith('7 products')")
+            assert page.evaluate("sessionStorage.getItem('recognition-admin-key')") == ADMIN_KEY
+            history = json.loads(urllib.request.urlopen(server + "/gallery/history?limit=1", timeout=10).read())
+            assert [(r["action"], r["sku"], r["new_price"], r["key_id"]) for r in history["items"]] == [
+                ("add", "page-added", 4.2, "test-admin")]
             assert errors == []
         finally:
             browser.close()

@@ -126,6 +126,15 @@ async function checkout() {
   }
 }
 
+// Gallery changes need the admin key (Authorization: Bearer). It is kept in sessionStorage: this tab only,
+// gone when the tab closes; never in a cookie, never in localStorage.
+const KEY_STORAGE = "recognition-admin-key";
+
+function adminHeaders() {
+  const key = $("admin-key").value.trim();
+  return key ? { Authorization: "Bearer " + key } : {};
+}
+
 async function refreshGallery() {
   const resp = await fetch("/gallery?limit=200");
   if (!resp.ok) {
@@ -150,7 +159,7 @@ async function refreshGallery() {
     btn.type = "button";
     btn.textContent = "Remove";
     btn.addEventListener("click", async () => {
-      const r = await fetch("/gallery?sku=" + encodeURIComponent(p.sku), { method: "DELETE" });
+      const r = await fetch("/gallery?sku=" + encodeURIComponent(p.sku), { method: "DELETE", headers: adminHeaders() });
       if (!r.ok) setStatus($("add-status"), "Error: " + (await errorText(r)), "error");
       await refreshGallery();
     });
@@ -167,7 +176,7 @@ async function addProduct(event) {
     if (form.get(key) === "") form.delete(key); // optional fields: send nothing rather than ""
   }
   setStatus($("add-status"), "Adding...");
-  const resp = await fetch("/gallery", { method: "POST", body: form });
+  const resp = await fetch("/gallery", { method: "POST", body: form, headers: adminHeaders() });
   if (!resp.ok) {
     setStatus($("add-status"), "Error: " + (await errorText(resp)), "error");
     return;
@@ -181,4 +190,6 @@ async function addProduct(event) {
 $("checkout-btn").addEventListener("click", checkout);
 $("photo").addEventListener("change", checkout);
 $("add-form").addEventListener("submit", addProduct);
+$("admin-key").value = sessionStorage.getItem(KEY_STORAGE) || "";
+$("admin-key").addEventListener("change", () => sessionStorage.setItem(KEY_STORAGE, $("admin-key").value.trim()));
 refreshGallery();
