@@ -246,17 +246,14 @@ class Gallery:
 
     def refresh(self) -> bool:
         """Follow changes saved by other processes: if ``CURRENT`` moved, reload it (in place, atomically for
-        searches). Cheap when nothing moved (one small file read). Skipped while this process is changing the
-        gallery (that change syncs first). Returns whether it reloaded."""
+        searches). Cheap when nothing moved (one small file read). When it moved, the caller waits for this
+        process's reload or change in progress, so a request that starts after another worker answered a change
+        is served the changed gallery (not the old one while a sibling thread reloads). Returns whether it
+        reloaded. Never call it while holding the write lock (a change syncs itself first)."""
         if self.directory is None or current_version(self.directory) in (None, self.index.version):
             return False
-        if not self._write_lock.acquire(blocking=False):
-            return False
-        try:
-            with directory_lock(self.directory, exclusive=False):
-                return self._reload_if_moved()
-        finally:
-            self._write_lock.release()
+        with self._write_lock, directory_lock(self.directory, exclusive=False):
+            return self._reload_if_moved()
 
     def _new(self, entries: Iterable[ProductImage]) -> list[ProductImage]:
         seen, out = set(), []
