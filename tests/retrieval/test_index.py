@@ -10,6 +10,7 @@ import pytest
 
 import src.retrieval.index as gallery_index
 from src.retrieval.index import GalleryIndex, IncompatibleIndexError
+from src.retrieval.milvus_index import MilvusGalleryIndex
 from src.retrieval.search import knn_search, l2_normalize
 from src.retrieval.threshold import threshold_for_far
 
@@ -25,9 +26,38 @@ def _rows(prefix: str, n: int) -> list[dict]:
     return [{"sku": f"{prefix}{i}", "image_path": f"img/{prefix}{i}.jpg"} for i in range(n)]
 
 
-def _gallery(factory="Flat", n=600, dim=16, seed=0, **kwargs) -> tuple[GalleryIndex, np.ndarray]:
+_OPENED: list[MilvusGalleryIndex] = []
+
+
+def _new(dim, factory="Flat", fingerprint=FP, tmp=None, **kwargs):
+    """A faiss GalleryIndex, or with ``factory="milvus"`` a MilvusGalleryIndex in a Milvus Lite file under ``tmp``
+    (the backends share these semantics; closed after the test by ``_close_milvus``)."""
+    if factory != "milvus":
+        return GalleryIndex(dim, fingerprint, factory=factory, **kwargs)
+    index = MilvusGalleryIndex(Path(tmp) / f"milvus{len(_OPENED)}.db", dim, fingerprint, **kwargs)
+    _OPENED.append(index)
+    return index
+
+
+@pytest.fixture(autouse=True)
+def _close_milvus():
+    yield
+    while _OPENED:
+        _OPENED.pop().close()
+
+
+# The tests taking `backend` run against the exact faiss index and against Milvus (Milvus Lite, FLAT).
+BACKENDS = ["Flat", "milvus"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
+def _gallery(factory="Flat", n=600, dim=16, seed=0, tmp=None, **kwargs):
     x, _, _ = clustered(n, dim, 30, 0.8, seed=seed)
-    index = GalleryIndex(dim, FP, factory=factory, **kwargs)
+    index = _new(dim, factory, tmp=tmp, **kwargs)
     index.add(x, _rows("p", n))
     return index, x
 
@@ -96,9 +126,9 @@ def test_contains_follows_add_and_remove():
 
 
 # ----------------------------------------------------------------------------- add / remove / rebuild
-@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF16,Flat"])
-def test_add_then_remove_restores_previous_answers(factory):
-    index, _ = _gallery(factory)
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF16,Flat", "milvus"])
+def test_add_then_remove_restores_previous_answers(factory, tmp_path):
+    index, _ = _gallery(factory, tmp=tmp_path)
     q = _queries()
     before = index.search(q, 5)
     near = l2_normalize(q + 0.05 * np.random.default_rng(5).normal(size=q.shape))  # beat every old result
@@ -114,8 +144,8 @@ def test_add_then_remove_restores_previous_answers(factory):
     _same(index.search(q, 5), before)
 
 
-def test_remove_by_id_and_sku_and_unknown_ones():
-    index, _ = _gallery("Flat", n=50)
+def test_remove_by_id_and_sku_and_unknown_ones(backend, tmp_path):
+    index, _ = _gallery(backend, n=50, tmp=tmp_path)
     assert index.remove(ids=[0, 1, 999]) == 2  # unknown ids are ignored
     assert index.remove(skus=["p2", "nope"]) == 1
     assert index.remove(ids=[0]) == 0
@@ -126,8 +156,8 @@ def test_remove_by_id_and_sku_and_unknown_ones():
     assert not set(range(7)) & set(index.search(_queries(), 43).ids.ravel().tolist())
 
 
-def test_add_skips_existing_entries_and_batch_duplicates():
-    index, x = _gallery("Flat", n=20)
+def test_add_skips_existing_entries_and_batch_duplicates(backend, tmp_path):
+    index, x = _gallery(backend, n=20, tmp=tmp_path)
     again = index.add(x[:5], _rows("p", 5))
     assert again.tolist() == [0, 1, 2, 3, 4] and len(index) == 20
     rows = [{"sku": "A", "image_path": "a.jpg"}, {"sku": "A", "image_path": "a.jpg"}, {"sku": "A", "image_path": "b"}]
@@ -161,8 +191,8 @@ def test_use_gpu_without_gpu_warns_and_stays_on_cpu():
 
 
 # ----------------------------------------------------------------------------- errors
-def test_fingerprint_and_dim_mismatch_refused(tmp_path):
-    index, _ = _gallery("Flat", n=20)
+def test_fingerprint_and_dim_mismatch_refused_by_search_and_add(backend, tmp_path):
+    index, _ = _gallery(backend, n=20, tmp=tmp_path)
     with pytest.raises(IncompatibleIndexError, match="resnet50-gem@abc123.*'vit-b16@ffff'"):
         index.search(_queries(2), 1, fingerprint="vit-b16@ffff")
     with pytest.raises(IncompatibleIndexError, match="index has dim 16, got dim 8"):
@@ -170,6 +200,11 @@ def test_fingerprint_and_dim_mismatch_refused(tmp_path):
     with pytest.raises(IncompatibleIndexError, match="index has dim 16, got dim 32"):
         index.add(_queries(2, 32), _rows("x", 2))
     index.check_compatible(FP, 16)
+    assert len(index) == 20
+
+
+def test_fingerprint_and_dim_mismatch_refused_by_load(tmp_path):
+    index, _ = _gallery("Flat", n=20)
     index.save(tmp_path / "g")
     with pytest.raises(IncompatibleIndexError, match="vit-b16@ffff"):
         GalleryIndex.load(tmp_path / "g", fingerprint="vit-b16@ffff")
@@ -177,9 +212,9 @@ def test_fingerprint_and_dim_mismatch_refused(tmp_path):
         GalleryIndex.load(tmp_path / "g", dim=512)
 
 
-@pytest.mark.parametrize("factory", ["Flat", "HNSW32"])
-def test_empty_gallery_search_is_a_clear_error(factory):
-    index = GalleryIndex(16, FP, factory=factory)
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "milvus"])
+def test_empty_gallery_search_is_a_clear_error(factory, tmp_path):
+    index = _new(16, factory, tmp=tmp_path)
     with pytest.raises(ValueError, match="gallery index is empty"):
         index.search(_queries(2), 1)
     index.add(_queries(3), _rows("p", 3))
@@ -188,8 +223,8 @@ def test_empty_gallery_search_is_a_clear_error(factory):
         index.search(_queries(2), 1)
 
 
-def test_bad_inputs():
-    index = GalleryIndex(16, FP)
+def test_bad_inputs(backend, tmp_path):
+    index = _new(16, backend, tmp=tmp_path)
     with pytest.raises(ValueError, match="L2-normalised: row 0"):
         index.add(np.ones((1, 16), np.float32), _rows("p", 1))
     with pytest.raises(ValueError, match=r"unknown keys \['colour'\]"):
@@ -198,6 +233,10 @@ def test_bad_inputs():
         index.add(_queries(1), [{"name": "a"}])
     with pytest.raises(ValueError, match="2 embeddings but 1 metadata rows"):
         index.add(_queries(2), _rows("p", 1))
+    assert len(index) == 0
+
+
+def test_bad_faiss_factories():
     with pytest.raises(ValueError, match="cannot train faiss index 'IVF64,Flat' on 10 vectors"):
         GalleryIndex(16, FP, factory="IVF64,Flat").add(_queries(10), _rows("p", 10))
     with pytest.raises(ValueError, match="invalid faiss factory string"):
@@ -225,12 +264,12 @@ def test_metadata_and_threshold_round_trip(tmp_path):
     assert new_id.tolist() == [2]  # ids are never reused after a reload
 
 
-def test_threshold_rejects_open_set_queries():
+def test_threshold_rejects_open_set_queries(backend, tmp_path):
     # Known products in the gallery; validation picks the threshold from genuine/impostor top-1 scores.
     x, labels, centres = clustered(200, 16, 20, 0.5, seed=3)
     known, unknown = centres[:10], centres[10:]
     keep = labels < 10
-    index = GalleryIndex(16, FP)
+    index = _new(16, backend, tmp=tmp_path)
     index.add(x[keep], [{"sku": f"sku{lab}", "image_path": str(i)} for i, lab in enumerate(labels[keep])])
     val_known, _, _ = clustered(100, 16, 10, 0.5, seed=4, centres=known)
     val_unknown, _, _ = clustered(100, 16, 10, 0.5, seed=5, centres=unknown)
@@ -344,9 +383,9 @@ def test_load_rejects_truncated_files_and_foreign_directories(tmp_path):
 
 
 # ----------------------------------------------------------------------------- threads
-def test_concurrent_searches_while_adding_and_removing_see_consistent_state():
+def test_concurrent_searches_while_adding_and_removing_see_consistent_state(backend, tmp_path):
     dim = 16
-    index, x = _gallery("Flat", n=200, dim=dim)
+    index, x = _gallery(backend, n=200, dim=dim, tmp=tmp_path)
     batches = [l2_normalize(np.random.default_rng(100 + b).normal(size=(20, dim))) for b in range(15)]
     vector_of = {f"p{i}": x[i] for i in range(len(x))}
     for b, batch in enumerate(batches):
