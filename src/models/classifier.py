@@ -21,7 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from src.data import keys
 from src.losses.distillation import kd_kl_div
 from src.models.classification_report import confusion_figure, recall_figure, summarize
-from src.models.optim import configure
+from src.models.optim import backbone_and_head_groups, configure
 from src.nn.tta import TTA
 from src.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -242,11 +242,6 @@ class ClassificationSystem(L.LightningModule):
     def configure_optimizers(self):
         if self.hparams.get("backbone_lr_mult") is None:
             return configure(self, self.optimizer_factory, self.scheduler_factory)
-        # Every backbone parameter, frozen or not: BackboneWarmup may freeze it for the first epochs only.
-        backbone = list(self.net.backbone.parameters())
-        backbone_ids = {id(p) for p in backbone}
-        head = [p for p in self.parameters() if p.requires_grad and id(p) not in backbone_ids]
-        base_lr = self.optimizer_factory.keywords.get("lr", 1e-3)
-        groups = [{"params": backbone, "lr": base_lr * self.hparams.backbone_lr_mult, "name": "backbone"},
-                  {"params": head, "lr": base_lr, "name": "head"}]
+        groups = backbone_and_head_groups(self, self.optimizer_factory.keywords.get("lr", 1e-3),
+                                          self.hparams.backbone_lr_mult)
         return configure(self, self.optimizer_factory, self.scheduler_factory, params=groups)

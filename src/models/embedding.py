@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from src.data import keys
-from src.models.optim import configure
+from src.models.optim import backbone_and_head_groups, configure
 
 
 class EmbeddingSystem(L.LightningModule):
@@ -75,11 +75,6 @@ class EmbeddingSystem(L.LightningModule):
         return self._embed_batch(batch)
 
     def configure_optimizers(self):
-        # Every backbone parameter, frozen or not: BackboneWarmup freezes it for the first epochs only.
-        backbone = list(self.net.backbone.parameters())
-        backbone_ids = {id(p) for p in backbone}
-        head = [p for p in self.parameters() if p.requires_grad and id(p) not in backbone_ids]
-        base_lr = self.optimizer_factory.keywords.get("lr", 1e-3)
-        groups = [{"params": backbone, "lr": base_lr * self.hparams.backbone_lr_mult, "name": "backbone"},
-                  {"params": head, "lr": base_lr, "name": "head"}]
+        groups = backbone_and_head_groups(self, self.optimizer_factory.keywords.get("lr", 1e-3),
+                                          self.hparams.backbone_lr_mult)
         return configure(self, self.optimizer_factory, self.scheduler_factory, params=groups)

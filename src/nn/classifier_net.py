@@ -9,8 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from src.nn.freezing import BackboneFreezing
 
-class ClassifierNet(nn.Module):
+
+class ClassifierNet(BackboneFreezing):
     """`backbone` follows timm's contract with its classifier removed (`num_classes=0`, `global_pool="avg"`):
     `backbone(images)` -> pooled features [B, backbone.num_features]. `forward` returns logits [B, num_classes]."""
 
@@ -40,18 +42,3 @@ class ClassifierNet(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.drop(self.features(images)))
 
-    def set_backbone_frozen(self, frozen: bool) -> None:
-        """Head warm-up: no backbone gradients and the backbone in eval mode (a linear probe on its features)."""
-        self.backbone_frozen = frozen
-        self.backbone.requires_grad_(not frozen)
-        self.train(self.training)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if mode and self.backbone_frozen:
-            self.backbone.eval()
-        elif mode and self.freeze_bn:
-            for m in self.backbone.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self

@@ -10,11 +10,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from src.nn.backbones import set_last_stride_one
+from src.nn.freezing import BackboneFreezing
 from src.nn.gem import GeM
 from src.nn.necks import BNNeck
 
 
-class EmbeddingNet(nn.Module):
+class EmbeddingNet(BackboneFreezing):
     """`backbone` follows timm's contract (create it with `num_classes=0, global_pool=''`).
     `forward` returns L2-normalised embeddings; `embed_raw` the neck output before normalisation."""
 
@@ -43,22 +44,6 @@ class EmbeddingNet(nn.Module):
         # running statistics (its BN layers stay in eval mode; their affine weights still train).
         self.freeze_bn = freeze_bn
         self.backbone_frozen = False
-
-    def set_backbone_frozen(self, frozen: bool) -> None:
-        """Head warm-up: no backbone gradients and the backbone in eval mode (a linear probe on its features)."""
-        self.backbone_frozen = frozen
-        self.backbone.requires_grad_(not frozen)
-        self.train(self.training)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if mode and self.backbone_frozen:
-            self.backbone.eval()
-        elif mode and self.freeze_bn:
-            for m in self.backbone.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
 
     def embed_raw(self, images: torch.Tensor) -> torch.Tensor:
         feats = self.backbone.forward_features(images)
