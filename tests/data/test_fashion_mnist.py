@@ -40,13 +40,19 @@ def test_read_idx_errors_name_the_file(tmp_path):
         read_idx(tmp_path / "missing")
 
 
-def test_converter_on_a_tiny_fake_install(tmp_path):
+def _fake_install(tmp_path, num_train: int, num_test: int):
+    """A Debian-like install of random images, labels cycling 0..9, as gzipped IDX files under tmp_path/raw."""
     raw = tmp_path / "raw"
     raw.mkdir()
     rng = np.random.default_rng(0)
-    for split, n in (("train", 40), ("t10k", 10)):
+    for split, n in (("train", num_train), ("t10k", num_test)):
         write_idx(raw / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
         write_idx(raw / f"{split}-labels-idx1-ubyte.gz", (np.arange(n) % 10).astype(np.uint8))
+    return raw
+
+
+def test_converter_on_a_tiny_fake_install(tmp_path):
+    raw = _fake_install(tmp_path, num_train=40, num_test=10)
     assert missing_files(raw) == [] and len(missing_files(tmp_path)) == 4  # .gz and plain both count
     src = FashionMNIST(str(tmp_path / "out"), raw_dir=str(raw), num_val=10, train_per_class=2)
     src.prepare()
@@ -68,12 +74,7 @@ def test_real_files_have_the_documented_shapes():
 
 
 def test_open_set_lists_never_search_a_training_class(tmp_path):
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 400), ("t10k", 200)):
-        write_idx(raw / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-        write_idx(raw / f"{split}-labels-idx1-ubyte.gz", (np.arange(n) % 10).astype(np.uint8))
+    raw = _fake_install(tmp_path, num_train=400, num_test=200)
     src = FashionMNIST(str(tmp_path / "out"), raw_dir=str(raw), num_val=200)
     src.prepare()
     lists = src.root / "lists"
