@@ -28,8 +28,7 @@ import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
 from src.data.detection import scale_boxes, to_coco_results, write_coco_results  # noqa: E402
-from src.data.detection_transforms import resized_shape  # noqa: E402
-from src.data.images import read_rgb  # noqa: E402
+from src.data.images import read_rgb, resize_shorter_side  # noqa: E402
 from src.data.readers import IMAGE_EXTENSIONS, load_coco  # noqa: E402
 from src.data.video import VIDEO_EXTENSIONS, read_video_frames, video_info  # noqa: E402
 from src.models.detection import CATEGORIES_KEY, DetectionSystem  # noqa: E402
@@ -52,11 +51,7 @@ def _setting(cfg: DictConfig, train_cfg: DictConfig, key: str, fallback: Any) ->
 
 
 def _resize(image: np.ndarray, short_side: int | None, max_size: int | None) -> np.ndarray:
-    if not short_side:
-        return image
-    h, w = image.shape[:2]
-    oh, ow = resized_shape(h, w, short_side, max_size)
-    return cv2.resize(image, (ow, oh), interpolation=cv2.INTER_AREA if oh < h else cv2.INTER_LINEAR)
+    return resize_shorter_side(image, short_side, max_size)[0]
 
 
 def _to_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:

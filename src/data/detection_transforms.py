@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 import torch
 
+from src.data.images import resize_to, shorter_side_shape
+
 Target = dict
 
 
@@ -31,20 +33,9 @@ class Compose:
         return f"Compose({self.transforms})"
 
 
-def resized_shape(h: int, w: int, short_side: int, max_size: int | None) -> tuple[int, int]:
-    """(h, w) with the shorter side at `short_side`, the longer one capped at `max_size` (torchvision's rule)."""
-    scale = short_side / min(h, w)
-    if max_size is not None and max(h, w) * scale > max_size:
-        scale = max_size / max(h, w)
-    return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
-
-
 def resize_with_boxes(image: np.ndarray, target: Target, out_h: int, out_w: int) -> tuple:
     h, w = image.shape[:2]
-    if (out_h, out_w) != (h, w):
-        # INTER_AREA when shrinking avoids aliasing; linear when enlarging.
-        interp = cv2.INTER_AREA if out_h * out_w < h * w else cv2.INTER_LINEAR
-        image = cv2.resize(image, (out_w, out_h), interpolation=interp)
+    image = resize_to(image, out_h, out_w)
     boxes = np.asarray(target["boxes"], dtype=np.float32).reshape(-1, 4)
     scale = np.array([out_w / w, out_h / h, out_w / w, out_h / h], dtype=np.float32)
     return image, {**target, "boxes": boxes * scale}
@@ -62,7 +53,7 @@ class RandomShortestSideResize:
 
     def __call__(self, image: np.ndarray, target: Target) -> tuple:
         size = self.sizes[int(torch.randint(len(self.sizes), ()).item())] if len(self.sizes) > 1 else self.sizes[0]
-        out_h, out_w = resized_shape(*image.shape[:2], size, self.max_size)
+        out_h, out_w = shorter_side_shape(*image.shape[:2], size, self.max_size)
         return resize_with_boxes(image, target, out_h, out_w)
 
     def __repr__(self) -> str:

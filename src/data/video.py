@@ -10,7 +10,7 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-from src.data.detection_transforms import resized_shape
+from src.data.images import resize_shorter_side
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,7 @@ def read_video_frames(path: str | os.PathLike, indices: Iterable[int] | None = N
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             h, w = rgb.shape[:2]
             original = rgb if keep_original else None
-            if short_side:
-                oh, ow = resized_shape(h, w, short_side, max_size)
-                rgb = cv2.resize(rgb, (ow, oh), interpolation=cv2.INTER_AREA if oh < h else cv2.INTER_LINEAR)
+            rgb = resize_shorter_side(rgb, short_side, max_size)[0]
             frames.append(VideoFrame(target, rgb, (h, w), original))
             k += 1
     finally:

@@ -14,21 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Detections", "Detector", "DetectorLike", "WholeImageDetector", "check_image"]
+from src.data.images import check_rgb_image, resize_shorter_side
 
-
-def check_image(image, name: str = "image") -> np.ndarray:
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        desc = f"{type(image).__name__} {getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}".strip()
-        raise ValueError(f"{name}: expected an RGB uint8 HxWx3 array, got {desc}")
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"{name}: empty image of shape {image.shape}")
-    return image
+__all__ = ["Detections", "Detector", "DetectorLike", "WholeImageDetector"]
 
 
 @dataclass
@@ -56,22 +48,11 @@ class WholeImageDetector:
     """One box covering the whole image, score 1: recognition of single-product photos without a detector."""
 
     def detect(self, image: np.ndarray) -> Detections:
-        h, w = check_image(image).shape[:2]
+        h, w = check_rgb_image(image).shape[:2]
         return Detections(np.array([[0, 0, w, h]], np.float32), np.ones(1, np.float32), np.ones(1, np.int64))
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
         return [self.detect(im) for im in images]
-
-
-def _resized_shape(h: int, w: int, short_side: int | None, max_size: int | None) -> tuple[int, int]:
-    # Same rule as src.data.detection_transforms.resized_shape (torchvision's): the shorter side to
-    # `short_side`, the longer one capped at `max_size`.
-    if not short_side:
-        return h, w
-    scale = short_side / min(h, w)
-    if max_size is not None and max(h, w) * scale > max_size:
-        scale = max_size / max(h, w)
-    return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
 
 
 class Detector:
@@ -122,13 +103,9 @@ class Detector:
         return det
 
     def _to_tensor(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[float, float]]:
-        h, w = image.shape[:2]
-        out_h, out_w = _resized_shape(h, w, self.eval_size, self.max_size)
-        if (out_h, out_w) != (h, w):
-            interp = cv2.INTER_AREA if out_h * out_w < h * w else cv2.INTER_LINEAR
-            image = cv2.resize(image, (out_w, out_h), interpolation=interp)
+        image, scale = resize_shorter_side(image, self.eval_size, self.max_size)
         t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255)
-        return t, (w / out_w, h / out_h)
+        return t, scale
 
     def _finish(self, pred: dict, scale: tuple[float, float], hw: tuple[int, int]) -> Detections:
         scores = pred["scores"].detach().float().cpu().numpy()
@@ -145,7 +122,7 @@ class Detector:
 
     @torch.inference_mode()
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        images = [check_image(im, f"image {i}") for i, im in enumerate(images)]
+        images = [check_rgb_image(im, f"image {i}") for i, im in enumerate(images)]
         out: list[Detections] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from src.data.images import check_rgb_image
 from src.recognition.gallery_views import check_views, render_views
 
 __all__ = ["Embedder", "albumentations_preprocess", "compute_fingerprint"]
@@ -47,15 +48,6 @@ def albumentations_preprocess(transform: Callable) -> Preprocess:
         return transform(image=image)["image"]
 
     return run
-
-
-def _check_crop(image: Any, position: int) -> np.ndarray:
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        desc = f"{type(image).__name__} {getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}".strip()
-        raise ValueError(f"crop {position}: expected an RGB uint8 HxWx3 array, got {desc}")
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"crop {position}: empty image of shape {image.shape}")
-    return image
 
 
 class Embedder:
@@ -124,7 +116,7 @@ class Embedder:
     @torch.inference_mode()
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """``[n, dim]`` float32 L2-normalised embeddings, one per crop, in order."""
-        crops = [_check_crop(c, i) for i, c in enumerate(crops)]
+        crops = [check_rgb_image(c, f"crop {i}") for i, c in enumerate(crops)]
         if not crops:
             return np.zeros((0, self.dim), np.float32)
         tensors = [self.preprocess(c) for c in crops]
@@ -153,7 +145,7 @@ class Embedder:
         ``gallery_views`` (just :meth:`embed` without views)."""
         if not self.gallery_views or len(images) == 0:
             return self.embed(images)
-        images = [_check_crop(c, i) for i, c in enumerate(images)]
+        images = [check_rgb_image(c, f"crop {i}") for i, c in enumerate(images)]
         n_views = 1 + len(self.gallery_views)
         flat = self.embed([v for im in images for v in render_views(im, self.gallery_views)])
         mean = flat.reshape(len(images), n_views, -1).mean(axis=1)

@@ -22,11 +22,10 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from src.data.images import read_rgb
+from src.data.images import crop_box, read_rgb, resize_shorter_side
 from src.data.video import read_video_frames, video_info
 from src.recognition.detector import Detections, DetectorLike
 from src.recognition.embedder import Embedder
-from src.recognition.pipeline import _crop
 from src.retrieval.live_matching import (
     STRATEGIES,
     FrameBox,
@@ -155,14 +154,8 @@ def _keep(dets: Detections, threshold: float, fallback: str) -> Detections:
 
 
 def _resize(image: np.ndarray, short_side: int | None) -> tuple[np.ndarray, float]:
-    import cv2
-
-    h, w = image.shape[:2]
-    if not short_side or min(h, w) <= short_side:  # only ever shrink
-        return image, 1.0
-    s = short_side / min(h, w)
-    out = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-    return out, s
+    out, _ = resize_shorter_side(image, short_side, shrink_only=True)  # upsampling adds no detail
+    return out, (1.0 if out is image else short_side / min(image.shape[:2]))
 
 
 @dataclass
@@ -221,7 +214,7 @@ def collect_live_boxes(root: str | os.PathLike, embedder: Embedder, detector: Li
             dets = _keep(detector.image(item_id, path.name, image, s), cfg.image_box_threshold, cfg.fallback)
             for box, score in zip(dets.boxes, dets.scores):
                 pending.append(_Pending({"kind": "image", "item_id": item_id, "img_name": path.name},
-                                        tuple(float(v) / s for v in box), float(score), _crop(image, box)))
+                                        tuple(float(v) / s for v in box), float(score), crop_box(image, box)))
     n_image_boxes = len(pending)
     n_frames = 0
     for video_id, path in _list_videos(root):
@@ -238,7 +231,7 @@ def collect_live_boxes(root: str | os.PathLike, embedder: Embedder, detector: Li
             dets = _keep(detector.frame(video_id, frame.index, frame.image, s), cfg.video_box_threshold, cfg.fallback)
             for box, score in zip(dets.boxes, dets.scores):
                 pending.append(_Pending({"kind": "frame", "video_id": video_id, "frame_index": frame.index},
-                                        tuple(float(v) / s for v in box), float(score), _crop(frame.image, box)))
+                                        tuple(float(v) / s for v in box), float(score), crop_box(frame.image, box)))
     emb = embedder.embed([p.crop for p in pending])
     images: dict[str, list[ImageBox]] = {}
     frames: list[FrameBox] = []

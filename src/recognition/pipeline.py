@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms, box_iou, nms
 
-from src.recognition.detector import Detections, DetectorLike, check_image
+from src.data.images import check_rgb_image, crop_box
+from src.recognition.detector import Detections, DetectorLike
 from src.recognition.embedder import Embedder
 from src.retrieval.index import GalleryIndex
 
@@ -53,13 +54,6 @@ class Recognition:
 
 def _box_list(box: Sequence[float]) -> list[float]:
     return [round(float(v), 1) for v in box]
-
-
-def _crop(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
-    h, w = image.shape[:2]
-    x0, y0 = max(0, math.floor(box[0])), max(0, math.floor(box[1]))
-    x1, y1 = min(w, max(x0 + 1, math.ceil(box[2]))), min(h, max(y0 + 1, math.ceil(box[3])))
-    return np.ascontiguousarray(image[y0:y1, x0:x1])
 
 
 class RecognitionPipeline:
@@ -124,7 +118,7 @@ class RecognitionPipeline:
 
     def recognize(self, image: np.ndarray, boxes: np.ndarray | None = None) -> Recognition:
         """Recognise the products in an RGB uint8 image. ``boxes`` (xyxy pixels) replace the detector."""
-        image = check_image(image)
+        image = check_rgb_image(image)
         if boxes is None and self.detector is None and self.whole_image == "never":
             raise ValueError("no boxes given, no detector and whole_image='never': nothing to recognise")
         h, w = image.shape[:2]
@@ -141,7 +135,7 @@ class RecognitionPipeline:
             out.timings = {"detect_ms": 1e3 * (t1 - t0), "embed_ms": 0.0, "search_ms": 0.0,
                            "total_ms": 1e3 * (t1 - t0)}
             return out
-        emb = self.embedder.embed([_crop(image, b) for b in all_boxes])
+        emb = self.embedder.embed([crop_box(image, b) for b in all_boxes])
         t2 = time.perf_counter()
         top, scores, accepted = self._search(emb)
         t3 = time.perf_counter()

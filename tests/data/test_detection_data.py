@@ -14,11 +14,12 @@ import pytest
 import torch
 from torch.utils.data import RandomSampler, SequentialSampler
 
+from src.data.images import shorter_side_shape
 from src.data import keys
 from src.data.detection import (AspectRatioBatchSampler, CocoDetectionDataset, DetectionDataModule,
                                 aspect_ratio_groups, collate_detection, scale_boxes)
 from src.data.detection_transforms import (Compose, RandomHorizontalFlip, RandomShortestSideResize, ToTensor,
-                                           eval_transforms, resized_shape, train_transforms)
+                                           eval_transforms, train_transforms)
 from src.data.readers import DataFormatError
 from src.data.video import VideoReadError, read_video_frames
 
@@ -90,10 +91,13 @@ def test_multiscale_draws_every_size_and_flip_composes():
 
 
 def test_resized_shape_follows_torchvision_rule():
-    assert resized_shape(240, 320, 608, None) == (608, 811)
-    assert resized_shape(240, 320, 608, 1000) == (608, 811)
-    assert resized_shape(240, 960, 600, 1000) == (250, 1000)  # long side capped
-    assert resized_shape(320, 240, 160, None) == (213, 160)  # portrait
+    assert shorter_side_shape(240, 320, 608, None) == (608, 811)
+    assert shorter_side_shape(240, 320, 608, 1000) == (608, 811)
+    assert shorter_side_shape(240, 960, 600, 1000) == (250, 1000)  # long side capped
+    assert shorter_side_shape(320, 240, 160, None) == (213, 160)  # portrait
+    assert shorter_side_shape(240, 320, None, 1000) == (240, 320)  # no resize asked
+    assert shorter_side_shape(240, 320, 608, None, shrink_only=True) == (240, 320)  # never enlarged
+    assert shorter_side_shape(1200, 1600, 608, None, shrink_only=True) == (608, 811)
 
 
 # ---- COCO dataset -------------------------------------------------------------------------------------------
