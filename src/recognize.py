@@ -28,9 +28,9 @@ log = logging.getLogger("src.recognize")
 
 
 def _embedder(args):
-    from src.recognition.embedder import Embedder
+    from src.inference.embedder import load_embedder
 
-    return Embedder.from_checkpoint(args.embedder, device=args.device, batch_size=args.batch_size)
+    return load_embedder(args.embedder, device=args.device, batch_size=args.batch_size)
 
 
 def _entries(list_file: str, root: str | None, catalogue: str | None):
@@ -100,12 +100,12 @@ def cmd_calibrate(args) -> None:
 
 
 def _pipeline(args):
-    from src.recognition.detector import Detector
+    from src.inference.detector import load_detector
     from src.recognition.gallery import Gallery
     from src.recognition.pipeline import RecognitionPipeline
 
     gallery = Gallery.open(args.index, _embedder(args))
-    det = Detector.from_checkpoint(args.detector, args.det_threshold, args.device) if args.detector else None
+    det = load_detector(args.detector, score_threshold=args.det_threshold, device=args.device) if args.detector else None
     return RecognitionPipeline(gallery.embedder, gallery.index, det, whole_image=args.whole_image, top_k=args.k)
 
 
@@ -137,7 +137,7 @@ def parse_frames(text: str):
 
 def live_config(args, recipe=None):
     """The LiveConfig of `match-live`'s arguments; thresholds left unset come from the detector checkpoint's
-    ``detect:`` recipe (as src.detect reads them), else from LiveConfig's defaults (0.9 / 0.95)."""
+    ``inference.detection`` settings (as src.detect reads them), else from LiveConfig's defaults (0.9 / 0.95)."""
     from src.recognition.live import LiveConfig
 
     recipe = recipe or {}
@@ -158,7 +158,7 @@ def live_config(args, recipe=None):
 
 
 def cmd_match_live(args) -> None:
-    from src.recognition.detector import Detector
+    from src.inference.detector import load_detector
     from src.recognition.live import ModelLiveDetector, OracleLiveDetector, match_live, score_live
 
     recipe = {}
@@ -166,8 +166,8 @@ def cmd_match_live(args) -> None:
         detector = OracleLiveDetector(args.data)
     elif args.detector:
         # Score threshold ~0 here: the live image/video thresholds (and the fallback) apply later.
-        det = Detector.from_checkpoint(args.detector, 0.01, args.device)
-        recipe = det.recipe
+        det = load_detector(args.detector, score_threshold=0.01, device=args.device)
+        recipe = det.detection
         detector = ModelLiveDetector(det)
     else:
         raise SystemExit("match-live needs --detector CKPT or --oracle-boxes (ground-truth boxes)")

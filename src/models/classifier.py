@@ -44,6 +44,8 @@ class ClassificationSystem(L.LightningModule):
         `<trainer.default_root_dir>/predictions/test_probs.{npz,csv}` (out-of-fold predictions of a fold run).
     """
 
+    inference_kind = "classifier"  # what src.inference serves it as (stored with every checkpoint)
+
     def __init__(
         self,
         net: nn.Module,

@@ -50,6 +50,8 @@ class DetectionSystem(L.LightningModule):
     model with one foreground class trains on any COCO file. Keep it equal to the data's flag.
     keep_examples: how many test images (with predictions) `report_artifacts` draws."""
 
+    inference_kind = "detector"  # what src.inference serves it as (stored with every checkpoint)
+
     def __init__(
         self,
         model: nn.Module,

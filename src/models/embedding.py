@@ -19,6 +19,8 @@ class EmbeddingSystem(L.LightningModule):
     ArcFace from pytorch-metric-learning) keep their class weights inside, so the optimizer and checkpoints carry
     them. `loss_weights`: name -> weight (default 1). Backbone learning rate = lr * `backbone_lr_mult`."""
 
+    inference_kind = "embedder"  # what src.inference serves it as (stored with every checkpoint)
+
     def __init__(
         self,
         net: nn.Module,

@@ -36,7 +36,7 @@ import numpy as np
 
 from src.data.images import read_rgb
 from src.data.readers import DataFormatError, read_image_list
-from src.recognition.embedder import Embedder
+from src.inference.embedder import Embedder
 from src.retrieval.index import GalleryIndex, current_version, directory_lock, read_audit
 from src.retrieval.threshold import far_frr, threshold_for_far
 

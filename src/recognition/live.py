@@ -24,8 +24,8 @@ import numpy as np
 
 from src.data.images import crop_box, read_rgb, resize_shorter_side
 from src.data.video import read_video_frames, video_info
-from src.recognition.detector import Detections, DetectorLike
-from src.recognition.embedder import Embedder
+from src.inference.detector import Detections, DetectorLike
+from src.inference.embedder import Embedder
 from src.retrieval.live_matching import (
     STRATEGIES,
     FrameBox,

@@ -26,8 +26,8 @@ import torch
 from torchvision.ops import batched_nms, box_iou, nms
 
 from src.data.images import check_rgb_image, crop_box
-from src.recognition.detector import Detections, DetectorLike
-from src.recognition.embedder import Embedder
+from src.inference.detector import Detections, DetectorLike
+from src.inference.embedder import Embedder
 from src.retrieval.index import GalleryIndex
 
 __all__ = ["WHOLE_IMAGE_MODES", "Recognition", "RecognitionPipeline"]

@@ -27,8 +27,8 @@ def build_app(index: str, embedder: str, detector: str | None = None, *, det_thr
               admin_keys=None, admin_key_file: str | None = None, cors_origins: list[str] | None = None):
     """The app over ``index`` (created if missing). ``admin_keys`` (AdminKeys) else the key file /
     environment (src/service/auth.py); ``cors_origins`` else RECOGNITION_CORS_ORIGINS (default none)."""
-    from src.recognition.detector import Detector
-    from src.recognition.embedder import Embedder
+    from src.inference.detector import load_detector
+    from src.inference.embedder import load_embedder
     from src.recognition.gallery import Gallery
     from src.recognition.pipeline import RecognitionPipeline
     from src.retrieval.index import LOCK_FILE, directory_lock
@@ -39,7 +39,7 @@ def build_app(index: str, embedder: str, detector: str | None = None, *, det_thr
         admin_keys = load_admin_keys(admin_key_file)
     if cors_origins is None:
         cors_origins = [o.strip() for o in os.environ.get(ENV_CORS, "").split(",") if o.strip()]
-    emb = Embedder.from_checkpoint(embedder, device=device)
+    emb = load_embedder(embedder, device=device)
     directory = Path(index)
     if directory.exists() and any(e.name != LOCK_FILE for e in directory.iterdir()) \
             and not (directory / "CURRENT").is_file():
@@ -50,7 +50,7 @@ def build_app(index: str, embedder: str, detector: str | None = None, *, det_thr
         else:
             gallery = Gallery.create(emb, directory, factory=factory)
             gallery.save()  # CURRENT exists from now on; uploads/ may live next to the versions
-    det = Detector.from_checkpoint(detector, score_threshold=det_threshold, device=device) if detector else None
+    det = load_detector(detector, score_threshold=det_threshold, device=device) if detector else None
     pipeline = RecognitionPipeline(emb, gallery.index, det, whole_image=whole_image)
     return create_app(gallery, pipeline, max_upload_mb=max_upload_mb, admin_keys=admin_keys,
                       cors_origins=cors_origins)
