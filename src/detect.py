@@ -8,8 +8,8 @@ Writes, atomically, under `output` (default: the Hydra run dir):
   crops/        with save_crops=true: one JPEG per detection, and crops.json describing them
 
 Settings left null in conf/detect.yaml come from the checkpoint's `inference.detection` settings (an
-experiment's recipe, e.g. the live-stream thresholds), then from built-in defaults: score thresholds 0.9 (images) and 0.95 (video
-frames), shorter sides from the training data's eval_size.
+experiment's recipe, e.g. the live-stream thresholds), then from built-in defaults: score thresholds 0.9
+(images) and 0.95 (video frames), shorter sides from the training data's eval_size.
 """
 
 from __future__ import annotations

@@ -105,7 +105,8 @@ def _pipeline(args):
     from src.recognition.pipeline import RecognitionPipeline
 
     gallery = Gallery.open(args.index, _embedder(args))
-    det = load_detector(args.detector, score_threshold=args.det_threshold, device=args.device) if args.detector else None
+    det = load_detector(args.detector, score_threshold=args.det_threshold, device=args.device) \
+        if args.detector else None
     return RecognitionPipeline(gallery.embedder, gallery.index, det, whole_image=args.whole_image, top_k=args.k)
 
 
@@ -189,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
         if index:
             sp.add_argument("--index", required=True, help="gallery folder (GalleryIndex layout)")
         if embedder:
-            sp.add_argument("--embedder", required=True, help="EmbeddingSystem checkpoint (.ckpt from src.train)")
+            sp.add_argument("--embedder", required=True,
+                            help="embedder .ckpt (src.train) or .onnx (scripts/export_onnx.py)")
             sp.add_argument("--device", default="cpu")
             sp.add_argument("--batch-size", type=int, default=64)
 
@@ -200,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def recognition(sp):
         sp.add_argument("--image", required=True, help="RGB photo")
-        sp.add_argument("--detector", help="DetectionSystem checkpoint (default: whole image only)")
+        sp.add_argument("--detector", help="detector .ckpt or .onnx (default: whole image only)")
         sp.add_argument("--det-threshold", type=float, default=0.5)
         sp.add_argument("--whole-image", default="always", choices=("always", "fallback", "never"))
         sp.add_argument("--k", type=int, default=5, help="neighbours per box")
@@ -253,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(m, index=False)
     m.add_argument("--data", required=True, help="live-stream folder: image/, image_annotation/, video/, ...")
     m.add_argument("--out", required=True, help="result.json to write (atomically)")
-    m.add_argument("--detector", help="DetectionSystem checkpoint")
+    m.add_argument("--detector", help="detector .ckpt or .onnx")
     m.add_argument("--oracle-boxes", action="store_true", help="use the annotated boxes (matching upper bound)")
     # Defaults: the 7th-place recipe, equal to LiveConfig's (tests/recognition/test_recognize_cli.py checks).
     m.add_argument("--frames", type=parse_frames, default="80:381:20",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import cv2
 import numpy as np
 import torch
 

@@ -8,7 +8,6 @@ fingerprint, so galleries built with the checkpoint are searched with the ONNX f
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch

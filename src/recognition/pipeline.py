@@ -16,7 +16,6 @@ Decisions (each a parameter):
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence

@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m src.service", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--index", required=True, help="gallery folder (GalleryIndex layout); created if missing")
-    p.add_argument("--embedder", required=True, help="EmbeddingSystem checkpoint (.ckpt from src.train)")
-    p.add_argument("--detector", help="DetectionSystem checkpoint; without it only the whole photo is recognised")
+    p.add_argument("--embedder", required=True, help="embedder .ckpt (src.train) or .onnx (scripts/export_onnx.py)")
+    p.add_argument("--detector", help="detector .ckpt or .onnx; without it only the whole photo is recognised")
     p.add_argument("--det-threshold", type=float, default=0.5, help="detector score threshold")
     p.add_argument("--whole-image", default="always", choices=("always", "fallback", "never"))
     p.add_argument("--factory", default="Flat", help="faiss index type for a new gallery (Flat, HNSW32, ...)")

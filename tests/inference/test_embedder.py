@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from src.inference.embedder import Embedder, compute_fingerprint, load_embedder
+from src.inference.embedder import compute_fingerprint, load_embedder
 from src.recognition.gallery import Gallery
 from src.recognition.pipeline import RecognitionPipeline
 from src.retrieval.index import IncompatibleIndexError
