@@ -30,7 +30,11 @@ log = logging.getLogger("src.recognize")
 def _embedder(args):
     from src.inference.embedder import load_embedder
 
-    return load_embedder(args.embedder, device=args.device, batch_size=args.batch_size)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return load_embedder(args.embedder, device=args.device, batch_size=args.batch_size, threads=args.threads)
 
 
 def _entries(list_file: str, root: str | None, catalogue: str | None):
@@ -105,7 +109,7 @@ def _pipeline(args):
     from src.recognition.pipeline import RecognitionPipeline
 
     gallery = Gallery.open(args.index, _embedder(args))
-    det = load_detector(args.detector, score_threshold=args.det_threshold, device=args.device) \
+    det = load_detector(args.detector, score_threshold=args.det_threshold, device=args.device, threads=args.threads) \
         if args.detector else None
     return RecognitionPipeline(gallery.embedder, gallery.index, det, whole_image=args.whole_image, top_k=args.k)
 
@@ -167,7 +171,7 @@ def cmd_match_live(args) -> None:
         detector = OracleLiveDetector(args.data)
     elif args.detector:
         # Score threshold ~0 here: the live image/video thresholds (and the fallback) apply later.
-        det = load_detector(args.detector, score_threshold=0.01, device=args.device)
+        det = load_detector(args.detector, score_threshold=0.01, device=args.device, threads=args.threads)
         recipe = det.detection
         detector = ModelLiveDetector(det)
     else:
@@ -194,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="embedder .ckpt (src.train) or .onnx (scripts/export_onnx.py)")
             sp.add_argument("--device", default="cpu")
             sp.add_argument("--batch-size", type=int, default=64)
+            sp.add_argument("--threads", type=int, default=None,
+                            help="threads for torch and ONNX Runtime (default: theirs)")
 
     def image_list(sp, required: bool):
         sp.add_argument("--images", required=required, help="image list: 'relative/path sku_id [uid]' per line")

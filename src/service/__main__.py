@@ -24,9 +24,11 @@ ENV_CORS = "RECOGNITION_CORS_ORIGINS"  # comma-separated origins allowed to call
 
 def build_app(index: str, embedder: str, detector: str | None = None, *, det_threshold: float = 0.5,
               whole_image: str = "always", factory: str = "Flat", max_upload_mb: float = 10.0, device: str = "cpu",
-              admin_keys=None, admin_key_file: str | None = None, cors_origins: list[str] | None = None):
+              admin_keys=None, admin_key_file: str | None = None, cors_origins: list[str] | None = None,
+              threads: int | None = None):
     """The app over ``index`` (created if missing). ``admin_keys`` (AdminKeys) else the key file /
-    environment (src/service/auth.py); ``cors_origins`` else RECOGNITION_CORS_ORIGINS (default none)."""
+    environment (src/service/auth.py); ``cors_origins`` else RECOGNITION_CORS_ORIGINS (default none);
+    ``threads``: intra-op threads of torch and of the ONNX Runtime sessions (default: theirs)."""
     from src.inference.detector import load_detector
     from src.inference.embedder import load_embedder
     from src.recognition.gallery import Gallery
@@ -39,7 +41,11 @@ def build_app(index: str, embedder: str, detector: str | None = None, *, det_thr
         admin_keys = load_admin_keys(admin_key_file)
     if cors_origins is None:
         cors_origins = [o.strip() for o in os.environ.get(ENV_CORS, "").split(",") if o.strip()]
-    emb = load_embedder(embedder, device=device)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    emb = load_embedder(embedder, device=device, threads=threads)
     directory = Path(index)
     if directory.exists() and any(e.name != LOCK_FILE for e in directory.iterdir()) \
             and not (directory / "CURRENT").is_file():
@@ -50,7 +56,8 @@ def build_app(index: str, embedder: str, detector: str | None = None, *, det_thr
         else:
             gallery = Gallery.create(emb, directory, factory=factory)
             gallery.save()  # CURRENT exists from now on; uploads/ may live next to the versions
-    det = load_detector(detector, score_threshold=det_threshold, device=device) if detector else None
+    det = load_detector(detector, score_threshold=det_threshold, device=device, threads=threads) \
+        if detector else None
     pipeline = RecognitionPipeline(emb, gallery.index, det, whole_image=whole_image)
     return create_app(gallery, pipeline, max_upload_mb=max_upload_mb, admin_keys=admin_keys,
                       cors_origins=cors_origins)
@@ -59,13 +66,7 @@ def build_app(index: str, embedder: str, detector: str | None = None, *, det_thr
 def app_from_env():
     """uvicorn's app factory in each worker process (``--workers N``): build_app(**JSON in RECOGNITION_SERVICE_ARGS)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    kwargs = json.loads(os.environ[ENV_ARGS])
-    threads = kwargs.pop("threads", None)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    return build_app(**kwargs)
+    return build_app(**json.loads(os.environ[ENV_ARGS]))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1, help="worker processes (each loads the models)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads per worker (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads per worker for torch and ONNX Runtime (default: theirs)")
     return p
 
 
@@ -103,19 +105,15 @@ def main(argv: list[str] | None = None) -> None:
     kwargs = {"index": args.index, "embedder": args.embedder, "detector": args.detector,
               "det_threshold": args.det_threshold, "whole_image": args.whole_image, "factory": args.factory,
               "max_upload_mb": args.max_upload_mb, "admin_key_file": args.admin_key_file,
-              "cors_origins": args.cors_origin}
+              "cors_origins": args.cors_origin, "threads": args.threads}
     import uvicorn
 
     print(f"cashier page: http://{args.host}:{args.port}/", flush=True)
     if args.workers > 1:
-        os.environ[ENV_ARGS] = json.dumps({**kwargs, "threads": args.threads})
+        os.environ[ENV_ARGS] = json.dumps(kwargs)
         uvicorn.run("src.service.__main__:app_from_env", factory=True, workers=args.workers, host=args.host,
                     port=args.port, log_level="info")
         return
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     uvicorn.run(build_app(**kwargs), host=args.host, port=args.port, log_level="info")
 
 

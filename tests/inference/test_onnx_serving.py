@@ -122,7 +122,7 @@ def test_the_service_serves_onnx_files_without_training_code(exported):
 
         key = "onnx-serving-key-0123456789"
         app = build_app({str(tmp / 'gallery')!r}, {str(tmp / 'emb.onnx')!r}, {str(tmp / 'det.onnx')!r},
-                        det_threshold=0.0, admin_keys=AdminKeys.of({{"t": key}}))
+                        det_threshold=0.0, admin_keys=AdminKeys.of({{"t": key}}), threads=1)
         with TestClient(app) as client:
             sku = CATALOGUE[0]
             added = client.post("/gallery", headers={{"Authorization": "Bearer " + key}},
