@@ -56,12 +56,13 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from src.utils.boxes import box_iou
+
 __all__ = [
     "STRATEGIES",
     "FrameBox",
     "ImageBox",
     "VideoMatch",
-    "box_iou",
     "match_folder",
     "match_video",
     "match_videos",
@@ -409,19 +410,6 @@ def write_result_json(path: str | os.PathLike, result: Mapping[str, Any]) -> Non
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-
-
-def box_iou(a: Box, b: Box) -> float:
-    """IoU of two ``(x1, y1, x2, y2)`` boxes (0 for empty or degenerate ones).
-
-    >>> box_iou((0, 0, 2, 2), (1, 0, 3, 2))
-    0.3333333333333333
-    """
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _f1(p: float, r: float) -> float:

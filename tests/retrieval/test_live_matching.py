@@ -14,7 +14,6 @@ import src.retrieval.live_matching as lm
 from src.retrieval.live_matching import (
     FrameBox,
     ImageBox,
-    box_iou,
     match_folder,
     match_video,
     match_videos,
@@ -360,13 +359,6 @@ def test_write_result_json_is_atomic(tmp_path, monkeypatch):
         write_result_json(path, {"other": {}})
     assert json.loads(path.read_text()) == first
     assert [p.name for p in path.parent.iterdir()] == ["result.json"]  # no temp file left
-
-
-def test_box_iou_hand_cases():
-    assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
-    assert box_iou((0, 0, 10, 10), (1, 0, 11, 10)) == pytest.approx(90 / 110)
-    assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
-    assert box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
 
 
 def test_score_live_matching_hand_case():
