@@ -26,14 +26,8 @@ from src.data.images import crop_box, read_rgb, resize_shorter_side
 from src.data.video import read_video_frames, video_info
 from src.inference.detector import Detections, DetectorLike
 from src.inference.embedder import Embedder
-from src.retrieval.live_matching import (
-    STRATEGIES,
-    FrameBox,
-    ImageBox,
-    match_videos,
-    score_live_matching,
-    write_result_json,
-)
+from src.retrieval.live_matching import STRATEGIES, FrameBox, ImageBox, match_videos
+from src.retrieval.live_scoring import score_live_matching, write_result_json
 from src.utils.boxes import box_iou
 
 log = logging.getLogger(__name__)
