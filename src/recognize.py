@@ -84,7 +84,8 @@ def cmd_add(args) -> None:
 
 def cmd_remove(args) -> None:
     from src.recognition.gallery import removal_audit
-    from src.retrieval.index import GalleryIndex, directory_lock
+    from src.retrieval.gallery_store import directory_lock
+    from src.retrieval.index import GalleryIndex
 
     with directory_lock(args.index):  # a running service (or another command) may be changing it too
         index = GalleryIndex.load(args.index)  # no embedder needed to remove

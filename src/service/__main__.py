@@ -33,7 +33,7 @@ def build_app(index: str, embedder: str, detector: str | None = None, *, det_thr
     from src.inference.embedder import load_embedder
     from src.recognition.gallery import Gallery
     from src.recognition.pipeline import RecognitionPipeline
-    from src.retrieval.index import LOCK_FILE, directory_lock
+    from src.retrieval.gallery_store import LOCK_FILE, directory_lock
     from src.service.app import create_app
     from src.service.auth import load_admin_keys
 

@@ -9,7 +9,7 @@ import torch
 from src.inference.embedder import compute_fingerprint, load_embedder
 from src.recognition.gallery import Gallery
 from src.recognition.pipeline import RecognitionPipeline
-from src.retrieval.index import IncompatibleIndexError
+from src.retrieval.index_base import IncompatibleIndexError
 from tests.recognition.helpers import CATALOGUE, studio_shot, write_tiny_checkpoint
 
 

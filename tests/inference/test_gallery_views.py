@@ -9,7 +9,7 @@ import pytest
 from src.inference.embedder import load_embedder
 from src.recognition.gallery import Gallery
 from src.inference.gallery_views import GALLERY_VIEWS, render_views
-from src.retrieval.index import IncompatibleIndexError
+from src.retrieval.index_base import IncompatibleIndexError
 from tests.recognition.helpers import CATALOGUE, studio_entry, studio_shot, write_tiny_checkpoint
 
 ALL_VIEWS = ["rotate+15", "rotate-15", "soften", "darken"]
