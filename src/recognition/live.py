@@ -267,7 +267,7 @@ def score_live(result: dict[str, Any] | str | os.PathLike, root: str | os.PathLi
     Match precision/recall/F1 come from ``ground_truth.json`` (video -> item). For the boxes, any annotated
     frame of the true instance counts (the competition's single "frame_index" would reward guessing the
     annotator's frame): each predicted video's truth is rebuilt at its predicted frame, then scored with
-    src.retrieval.live_matching.score_live_matching."""
+    src.retrieval.live_scoring.score_live_matching."""
     root = Path(root)
     if not isinstance(result, dict):
         result = json.loads(Path(result).read_text())
