@@ -50,7 +50,19 @@ def _print(obj) -> None:
 
 def cmd_build(args) -> None:
     from src.recognition.gallery import Gallery
+    from src.recognition.milvus_gallery import MilvusGallery, is_milvus_location
 
+    if is_milvus_location(args.index):  # a Milvus collection is written as it grows (no version to swap in)
+        gallery = MilvusGallery.connect(args.index, _embedder(args), threshold=args.threshold,
+                                        index_type="FLAT" if args.factory == "Flat" else args.factory)
+        if len(gallery) and not args.overwrite:
+            raise SystemExit(f"{args.index} already holds {len(gallery)} images: use `add`")
+        out = {"index": args.index, **gallery.add(_entries(args.images, args.root, args.catalogue), key_id="cli")}
+        if args.val_images:
+            out["threshold"] = gallery.calibrate(_entries(args.val_images, args.val_root, args.catalogue),
+                                                 args.target_far).to_dict()
+        _print({**out, "images": len(gallery), "products": len(gallery.products())})
+        return
     index_dir = Path(args.index)
     if (index_dir / "CURRENT").exists() and not args.overwrite:
         raise SystemExit(f"{index_dir} already holds a gallery: use `add`, or `build --overwrite` for a new version")
@@ -69,9 +81,10 @@ def cmd_build(args) -> None:
 
 
 def cmd_add(args) -> None:
-    from src.recognition.gallery import Gallery, ProductImage
+    from src.recognition.gallery import ProductImage
+    from src.recognition.milvus_gallery import open_gallery
 
-    gallery = Gallery.open(args.index, _embedder(args))
+    gallery = open_gallery(args.index, _embedder(args))
     if args.images:
         entries = _entries(args.images, args.root, args.catalogue)
     elif args.image and args.sku:
@@ -84,9 +97,22 @@ def cmd_add(args) -> None:
 
 def cmd_remove(args) -> None:
     from src.recognition.gallery import removal_audit
+    from src.recognition.milvus_gallery import is_milvus_location
     from src.retrieval.gallery_store import directory_lock
     from src.retrieval.index import GalleryIndex
 
+    if is_milvus_location(args.index):
+        from src.retrieval.milvus_audit import MilvusAuditLog
+        from src.retrieval.milvus_index import MilvusGalleryIndex
+
+        index, trail = MilvusGalleryIndex.open(args.index), MilvusAuditLog(args.index)
+        rows = [r for r in (index.metadata(int(i)) for i in index.ids) if r["sku"] in set(args.sku)]
+        n = index.remove(skus=args.sku)
+        if n == 0:
+            raise SystemExit(f"no image of sku {args.sku} in {args.index}")
+        trail.append(removal_audit(rows, "cli"))
+        _print({"removed": n, "count": len(index)})
+        return
     with directory_lock(args.index):  # a running service (or another command) may be changing it too
         index = GalleryIndex.load(args.index)  # no embedder needed to remove
         rows = [index.metadata(int(i)) for i in index.ids]
@@ -98,18 +124,18 @@ def cmd_remove(args) -> None:
 
 
 def cmd_calibrate(args) -> None:
-    from src.recognition.gallery import Gallery
+    from src.recognition.milvus_gallery import open_gallery
 
-    gallery = Gallery.open(args.index, _embedder(args))
+    gallery = open_gallery(args.index, _embedder(args))
     _print(gallery.calibrate(_entries(args.val_images, args.val_root, args.catalogue), args.target_far).to_dict())
 
 
 def _pipeline(args):
     from src.inference.detector import load_detector
-    from src.recognition.gallery import Gallery
+    from src.recognition.milvus_gallery import open_gallery
     from src.recognition.pipeline import RecognitionPipeline
 
-    gallery = Gallery.open(args.index, _embedder(args))
+    gallery = open_gallery(args.index, _embedder(args))
     det = load_detector(args.detector, score_threshold=args.det_threshold, device=args.device, threads=args.threads) \
         if args.detector else None
     return RecognitionPipeline(gallery.embedder, gallery.index, det, whole_image=args.whole_image, top_k=args.k)
@@ -193,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp, embedder=True, index=True):
         if index:
-            sp.add_argument("--index", required=True, help="gallery folder (GalleryIndex layout)")
+            sp.add_argument("--index", required=True,
+                            help="gallery folder, or a Milvus collection (milvus://host:19530#name, gallery.db)")
         if embedder:
             sp.add_argument("--embedder", required=True,
                             help="embedder .ckpt (src.train) or .onnx (scripts/export_onnx.py)")

@@ -34,18 +34,17 @@ and collection; a collection without these properties is refused rather than wri
 
 Semantics that differ from the Faiss backend:
 
-* Every change is written to Milvus at once; there is no ``save``/``load`` of a directory, no version pointer,
-  no audit trail (the service's audit table lives in the Faiss version's SQLite). Reopen with
-  :meth:`MilvusGalleryIndex.open` (the analogue of ``GalleryIndex.load``).
+* Every change is written to Milvus at once; there is no ``save``/``load`` of a directory and no version
+  pointer (the audit trail is a second collection: milvus_audit.py). Reopen with :meth:`MilvusGalleryIndex.open`
+  (the analogue of ``GalleryIndex.load``); :meth:`reload` reads back what other processes changed.
 * Removals are real deletes (Milvus compacts by itself): ``num_tombstones`` is always 0, ``rebuild`` is a no-op.
 * ``index_type`` is a Milvus index (``"FLAT"`` exact, default; ``"HNSW"``, ``"IVF_FLAT"``, ... with
   ``index_params``), not a faiss factory string. Searches use ``search_params`` (e.g. ``{"ef": 64}``).
 * One writer at a time per collection: ids come from the ``gallery.next_id`` property, read-modified-written
-  by ``add`` under this object's lock only. Several writing processes need an outside lock (the Faiss backend
-  needs ``directory_lock`` for the same reason). Readers may be many.
+  by ``add`` under this object's lock only (re-read first by ``reload``). Several writing processes need an
+  outside lock (the Faiss backend needs ``directory_lock`` for the same reason). Readers may be many.
 
-Not wired into the service or ``src/recognition/gallery.py`` yet (they rely on the Faiss directory versions
-and its audit table); use it from Python::
+The service and ``src.recognize`` use it as ``--index <uri>`` (src/recognition/milvus_gallery.py); in Python::
 
     from src.retrieval.milvus_index import MilvusGalleryIndex
     index = MilvusGalleryIndex("milvus://db.shop:19530#gallery", dim=128, fingerprint=embedder.fingerprint)
@@ -263,6 +262,12 @@ class MilvusGalleryIndex(GalleryBase):
 
     def _threshold_changed(self) -> None:
         self._write_properties()  # stored with the collection, so every process opening it gets it
+
+    def reload(self) -> None:
+        """Read back the settings other processes may have changed: threshold and the id counter."""
+        with self._lock:
+            props = self._read_properties()
+            self._threshold, self._next_id = props["threshold"], props["next_id"]
 
     def rebuild(self) -> None:
         """No-op: Milvus removes deleted rows itself (compaction)."""
