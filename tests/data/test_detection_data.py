@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import RandomSampler, SequentialSampler
+from torchvision.transforms.v2 import Compose, RandomHorizontalFlip
 
 from src.data.images import shorter_side_shape
 from src.data import keys
 from src.data.detection import (AspectRatioBatchSampler, CocoDetectionDataset, DetectionDataModule,
                                 aspect_ratio_groups, collate_detection, scale_boxes)
-from src.data.detection_transforms import (Compose, RandomHorizontalFlip, RandomShortestSideResize, ToTensor,
-                                           eval_transforms, train_transforms)
+from src.data.detection_transforms import RandomShortestSideResize, ToTensor, eval_transforms, train_transforms
 from src.data.readers import DataFormatError
 from src.data.video import VideoReadError, read_video_frames
 
@@ -49,13 +49,19 @@ def _mean_inside(img: np.ndarray, box, margin: float) -> np.ndarray:
 
 # ---- (c) boxes stay on the objects --------------------------------------------------------------------------
 
+def _flip(p: float) -> tuple:
+    """torchvision's flip on the canvas as ToTensor hands it on; the image back as 0..255 HxWx3 to compare."""
+    img, t = RandomHorizontalFlip(p=p)(*ToTensor()(_canvas(), _target()))
+    return (img.permute(1, 2, 0).numpy() * 255).round(), {**t, "boxes": t["boxes"].numpy()}
+
+
 def test_flip_moves_boxes_with_pixels():
-    img, t = RandomHorizontalFlip(p=1.0)(_canvas(), _target())
+    img, t = _flip(p=1.0)
     expected = np.array([[W - x2, y1, W - x1, y2] for (x1, y1, x2, y2), _ in RECTS], np.float32)
     np.testing.assert_array_equal(t["boxes"], expected)
     for box, (_, colour) in zip(t["boxes"], RECTS):
         np.testing.assert_allclose(_mean_inside(img, box, 0), colour)  # exact: a flip does not resample
-    img, t = RandomHorizontalFlip(p=0.0)(_canvas(), _target())
+    img, t = _flip(p=0.0)
     np.testing.assert_array_equal(t["boxes"], _target()["boxes"])
 
 
