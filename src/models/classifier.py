@@ -21,7 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from src.data import keys
 from src.losses.distillation import kd_kl_div
 from src.models.classification_report import confusion_figure, recall_figure, summarize
-from src.models.optim import backbone_and_head_groups, configure
+from src.models.configure_optimizers import backbone_and_head_groups, configure
 from src.nn.tta import TTA
 from src.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 

@@ -27,7 +27,7 @@ from torchmetrics.detection import MeanAveragePrecision
 from src.data import keys
 from src.data.detection import AGNOSTIC_CATEGORY, scale_boxes
 from src.models.detectors.torchvision_models import foreground_classes
-from src.models.optim import configure
+from src.models.configure_optimizers import configure
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from src.data import keys
-from src.models.optim import backbone_and_head_groups, configure
+from src.models.configure_optimizers import backbone_and_head_groups, configure
 
 
 class EmbeddingSystem(L.LightningModule):
