@@ -3,16 +3,20 @@ torchvision's detection contract, its recipes through src.train, checkpoint and 
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from src.models.detection import DetectionSystem
 from src.models.detectors.one_stage import FCOSDetector, fcos
 from src.models.detectors.torchvision_models import NoResizeTransform, foreground_classes
 
 LOSS_KEYS = {"classification", "bbox_regression", "bbox_ctrness"}
+# DetectionSystem's network argument (and config key): `model`, being renamed `net`; these tests take either.
+NET_KEY = "net" if "net" in inspect.signature(DetectionSystem.__init__).parameters else "model"
 
 
 def _images_and_targets():
@@ -99,13 +103,14 @@ def test_checkpoint_rebuilds_without_the_pretrained_download_and_serves(tmp_path
     from src.inference.detector import load_detector
 
     config = {"model": {"_target_": "src.models.detection.DetectionSystem", "class_agnostic": True,
-                        "model": {"_target_": "src.models.detectors.one_stage.fcos", "num_classes": 1,
+                        NET_KEY: {"_target_": "src.models.detectors.one_stage.fcos", "num_classes": 1,
                                   "pretrained": True, "frozen_bn": True},
                         "optimizer": {"_target_": "torch.optim.AdamW", "_partial_": True}},
               "data": {"eval_size": 96, "max_size": 160}}
     torch.manual_seed(0)
     system = instantiate(config["model"])
-    assert isinstance(system.model, FCOSDetector)
+    net = getattr(system, NET_KEY)
+    assert isinstance(net, FCOSDetector)
     torch.save({"state_dict": system.state_dict(), CONFIG_KEY: config}, tmp_path / "det.ckpt")
     det = load_detector(tmp_path / "det.ckpt", score_threshold=0.0)
     photo = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
@@ -117,7 +122,7 @@ def test_checkpoint_rebuilds_without_the_pretrained_download_and_serves(tmp_path
 
     small, _ = resize_shorter_side(photo, 96, 160)
     with torch.no_grad():
-        ref = system.model.eval()([torch.from_numpy(small.transpose(2, 0, 1).copy()).float().div(255)])[0]
+        ref = net.eval()([torch.from_numpy(small.transpose(2, 0, 1).copy()).float().div(255)])[0]
     assert float(d.scores[0]) == pytest.approx(float(ref["scores"].max()), abs=1e-5)
     np.testing.assert_allclose(d.boxes[0], ref["boxes"][ref["scores"].argmax()].numpy() * 2.5, atol=1e-3)
 
@@ -129,8 +134,8 @@ def test_recipe_fast_dev_run(make_cfg, experiment, classes):
 
     cfg = make_cfg([f"experiment={experiment}", "++trainer.fast_dev_run=true", "++data.train_sizes=[128]",
                     "++data.eval_size=128", "++data.max_size=192", "++data.batch_size=2"])
-    assert cfg.model.model._target_ == "src.models.detectors.one_stage.fcos"
-    assert cfg.model.model.num_classes == classes  # foreground only
+    assert cfg.model[NET_KEY]._target_ == "src.models.detectors.one_stage.fcos"
+    assert cfg.model[NET_KEY].num_classes == classes  # foreground only
     metrics, objects = train(cfg)
     for k in ("test/map", "test/map_50", "train/loss", *(f"train/loss_{k}" for k in LOSS_KEYS)):
         assert k in metrics, sorted(metrics)
