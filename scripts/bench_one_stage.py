@@ -38,8 +38,20 @@ OUT = ROOT / "experiments/detection_latency/README.md"
 START, END = "<!-- bench_one_stage: start -->", "<!-- bench_one_stage: end -->"
 
 
+# FCOS with other timm bodies, for latency only: no ImageNet weights install offline for them (random weights,
+# BatchNorm calibrated; a random head is post-processing's worst case, see above).
+BODIES = {"fcos_lcnet100": "lcnet_100", "fcos_mnv3l": "mobilenetv3_large_100"}
+MODELS = ["fcos_lite0", "frcnn_mnv3_p150", *BODIES]
+
+
 def build(name: str, size: int, fcos_ckpt: Path | None) -> tuple[torch.nn.Module, str]:
     torch.manual_seed(0)
+    if name in BODIES:
+        from src.models.detectors.one_stage import fcos
+
+        model = fcos(BODIES[name], num_classes=1).eval()
+        calibrate_bn(model, size)
+        return model, "random, BN calibrated"
     if name == "fcos_lite0":
         if fcos_ckpt is not None:
             from src.inference.checkpoint import load_network
@@ -60,7 +72,8 @@ def describe(model: torch.nn.Module) -> str:
     if hasattr(model, "head") and hasattr(model.head, "classification_head"):
         fpn = model.backbone.fpn.layer_blocks[0][0].out_channels
         convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.head.classification_head.conv)
-        return f"FCOS Lite0, FPN {fpn} ch P3-P6, {convs}-conv towers"
+        body = getattr(model.backbone.body, "pretrained_cfg", {}).get("architecture", "Lite0")
+        return f"FCOS {body}, FPN {fpn} ch P3-P6, {convs}-conv towers"
     return "Faster R-CNN MobileNetV3-L FPN, 150 proposals"
 
 
@@ -70,6 +83,9 @@ def bench(name: str, size: int, threads: int, args, tmp: Path) -> dict:
     torch.set_num_threads(threads)
     model, weights = build(name, size, args.fcos_ckpt)
     image = scene_image(size)
+    if args.square:  # PicoDet's benchmark shape (320x320): the middle of the 4:3 scene
+        left = (image.shape[2] - size) // 2
+        image = image[:, :, left:left + size].contiguous()
     row = {"model": name, "arch": describe(model), "weights": weights, "short_side": size, "threads": threads,
            "input": f"{image.shape[1]}x{image.shape[2]}",
            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
@@ -166,8 +182,8 @@ def write_section(path: Path, section: str) -> None:
 
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["fcos_lite0", "frcnn_mnv3_p150"],
-                    choices=["fcos_lite0", "frcnn_mnv3_p150"])
+    ap.add_argument("--models", nargs="+", default=["fcos_lite0", "frcnn_mnv3_p150"], choices=MODELS)
+    ap.add_argument("--square", action="store_true", help="square inputs (size x size) instead of 4:3")
     ap.add_argument("--sizes", nargs="+", type=int, default=[320, 416, 640])
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--reps", type=int, default=5)
