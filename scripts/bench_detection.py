@@ -237,7 +237,10 @@ def main(argv: list[str] | None = None) -> Path:
                     rows.append(row)
     from src.utils.io import atomic_write_text
 
-    atomic_write_text(args.out, render(rows, args, command.strip(), (load0, os.getloadavg())))
+    # The hand-written "## Reading" and everything after it (bench_one_stage.py's section) are kept.
+    old = args.out.read_text() if args.out.is_file() else ""
+    kept = old[old.index("\n## Reading"):] if "\n## Reading" in old else ""
+    atomic_write_text(args.out, render(rows, args, command.strip(), (load0, os.getloadavg())) + kept)
     print(f"wrote {args.out}")
     return args.out
 

@@ -102,6 +102,38 @@ def _as_list(stride) -> list[int]:
     return list(stride) if isinstance(stride, (list, tuple)) else [stride]
 
 
+class TraceableSamePadConv2d(nn.Conv2d):
+    """The Lite package's `Conv2dDynamicSamePadding` (TF "SAME" padding computed from the input size), with the
+    same eager result and an ONNX export that is right for any input size.
+
+    The package computes the output size with `math.ceil(ih / stride)`, which tracing records as a constant
+    while `- ih` stays dynamic: an ONNX file exported at 320x448 gave 40x56 stride-8 features for a 256x320
+    input (a detector exported at one size returned wrong boxes at another). Integer ceil division keeps the
+    whole pad expression traced. Swapped in by class (`_traceable_same_padding`): parameters, state dict and
+    the module tree are unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.shape[-2:]
+        kh, kw = self.weight.shape[-2:]
+        sh, sw = self.stride
+        oh, ow = (ih + sh - 1) // sh, (iw + sw - 1) // sw  # ceil(ih / sh), traced
+        pad_h = max((oh - 1) * sh + (kh - 1) * self.dilation[0] + 1 - ih, 0)
+        pad_w = max((ow - 1) * sw + (kw - 1) * self.dilation[1] + 1 - iw, 0)
+        if pad_h > 0 or pad_w > 0:
+            x = nn.functional.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def _traceable_same_padding(net: nn.Module) -> None:
+    from efficientnet_lite_pytorch.utils import Conv2dDynamicSamePadding
+
+    for module in net.modules():
+        if type(module) is Conv2dDynamicSamePadding:
+            if tuple(module.padding) != (0, 0):
+                raise RuntimeError(f"unexpected built-in padding {module.padding} in the Lite package's conv")
+            module.__class__ = TraceableSamePadConv2d
+
+
 class EfficientNetLite(nn.Module):
     """EfficientNet-Lite0/1/2 on timm's backbone contract:
 
@@ -133,6 +165,7 @@ class EfficientNetLite(nn.Module):
             raise ValueError(f"input_norm must be 'imagenet' or 'lite', got {input_norm!r}")
         net = EfficientNet.from_name(variant, image_size=None, dropout_rate=drop_rate,
                                      drop_connect_rate=drop_path_rate)
+        _traceable_same_padding(net)
         self.stage_bounds = _stage_bounds(net._blocks)
         if len(self.stage_bounds) != len(_REDUCTIONS):
             raise RuntimeError(f"{variant}: expected 5 stride stages, found {self.stage_bounds}")

@@ -24,3 +24,28 @@ def test_stage_outputs_are_the_networks_activations():
 def test_bad_out_indices_fail_clearly():
     with pytest.raises(ValueError, match="out_indices"):
         EfficientNetLiteFeatures(out_indices=(5,), pretrained=False)
+
+
+def test_onnx_export_is_right_at_other_input_sizes(tmp_path):
+    """Exported at one size, the body gives the eager stage outputs at others, odd sizes included. The
+    package's TF-"SAME" padding took its output size from math.ceil, a constant to the tracer: exported at
+    96x128, a 64x96 input came back with 96x128-sized features (src.nn.pretrained.TraceableSamePadConv2d)."""
+    import onnxruntime as ort
+
+    from src.inference.onnx import _export
+    from src.nn.pretrained import TraceableSamePadConv2d
+
+    torch.manual_seed(0)
+    body = EfficientNetLiteFeatures(out_indices=(2, 3, 4), pretrained=False).eval()
+    assert any(isinstance(m, TraceableSamePadConv2d) for m in body.modules())
+    path = _export(body, (torch.rand(1, 3, 96, 128),), tmp_path / "body.onnx", input_names=["x"],
+                   output_names=["p3", "p4", "p5"], dynamic_axes={"x": {2: "h", 3: "w"}}, opset=17)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for h, w in [(96, 128), (64, 96), (75, 101)]:
+        x = torch.rand(1, 3, h, w)
+        with torch.no_grad():
+            expected = body(x)
+        got = session.run(None, {"x": x.numpy()})
+        for e, g in zip(expected, got):
+            assert tuple(e.shape) == g.shape, (h, w)
+            torch.testing.assert_close(torch.from_numpy(g), e, atol=1e-4, rtol=1e-4)
