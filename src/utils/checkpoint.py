@@ -9,7 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 CONFIG_KEY = "hydra_config"
 
@@ -31,18 +31,19 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def config_from_checkpoint(path: str | Path) -> DictConfig:
-    ckpt = read_checkpoint(path)
+    return _config(read_checkpoint(path), path)
+
+
+def _config(ckpt: dict, path: str | Path) -> DictConfig:
     if CONFIG_KEY not in ckpt:
         raise KeyError(f"{path}: no '{CONFIG_KEY}' in checkpoint (not written by src.train?)")
-    return OmegaConf.create(ckpt[CONFIG_KEY])
+    return _renamed_legacy_nodes(OmegaConf.create(ckpt[CONFIG_KEY]))
 
 
 def load_system(path: str | Path, model_overrides: dict | None = None) -> tuple[L.LightningModule, DictConfig]:
     """Instantiate the LightningModule described by the checkpoint's config and load its weights (eval mode)."""
     ckpt = read_checkpoint(path)
-    if CONFIG_KEY not in ckpt:
-        raise KeyError(f"{path}: no '{CONFIG_KEY}' in checkpoint (not written by src.train?)")
-    cfg = OmegaConf.create(ckpt[CONFIG_KEY])
+    cfg = _config(ckpt, path)
     model_cfg = cfg.model
     if model_overrides:
         model_cfg = OmegaConf.merge(model_cfg, model_overrides)
@@ -56,6 +57,22 @@ def load_system(path: str | Path, model_overrides: dict | None = None) -> tuple[
     system.load_state_dict(ckpt["state_dict"])
     system.eval()
     return system, cfg
+
+
+# Constructor arguments renamed since checkpoints were written: {system _target_: {old name: new name}}.
+LEGACY_ARGUMENTS = {"src.models.detection.DetectionSystem": {"model": "net"}}
+
+
+def _renamed_legacy_nodes(cfg: DictConfig) -> DictConfig:
+    """The checkpoint's config with old constructor argument names of the system renamed (old checkpoints say
+    `model.model` for the detector, now `model.net`)."""
+    system = cfg.get("model")
+    renames = LEGACY_ARGUMENTS.get(system.get("_target_"), {}) if isinstance(system, DictConfig) else {}
+    for old, new in renames.items():
+        if old in cfg.model and new not in cfg.model:
+            with open_dict(cfg.model):
+                cfg.model[new] = cfg.model.pop(old)
+    return cfg
 
 
 def _find_pretrained(node):
