@@ -1,4 +1,4 @@
-"""Object detection data: a COCO dataset in torchvision's target format, aspect-ratio grouped batches, a
+"""Object detection data: a COCO dataset in torchvision's target format, orientation-grouped batches, a
 DataModule, and the COCO results writer.
 
 Batches are dicts (keys from src.data.keys): {IMAGE: list of float CHW tensors in 0..1 (sizes differ), TARGET: list
@@ -142,14 +142,16 @@ def collate_detection(batch: list[dict | None]) -> dict | None:
     return {keys.IMAGE: [b[keys.IMAGE] for b in batch], keys.TARGET: [b[keys.TARGET] for b in batch]}
 
 
-def aspect_ratio_groups(ratios: Iterable[float]) -> list[int]:
+def orientation_groups(ratios: Iterable[float]) -> list[int]:
     """0 for landscape/square (w >= h), 1 for portrait: batches of one group pad little."""
     return [0 if r >= 1.0 else 1 for r in ratios]
 
 
-class AspectRatioBatchSampler(BatchSampler):
-    """Batches whose images share an aspect-ratio group (the idea of torchvision references'
-    GroupedBatchSampler), so padding to the largest image in the batch wastes little.
+class GroupedBatchSampler(BatchSampler):
+    """Groups indices by a given group id (detection: `orientation_groups`, landscape vs portrait) and yields
+    plain index lists, each from one group (torchvision references' GroupedBatchSampler), so padding to the
+    largest image in the batch wastes little. Images keep their own sizes (compare
+    src.data.batch_samplers.AspectBucketResizeBatchSampler, which also chooses each batch's shape).
 
     Indices are bucketed by group in sampler order; a bucket is emitted when full. At the end the leftovers
     of all buckets are chunked in group order, so the batch count equals a plain BatchSampler's
@@ -304,7 +306,7 @@ class DetectionDataModule(L.LightningDataModule):
         sampler = RandomSampler(ds) if train else SequentialSampler(ds)
         drop_last = train and len(ds) > bs
         if self.group_by_aspect_ratio:
-            batch_sampler = AspectRatioBatchSampler(sampler, aspect_ratio_groups(ds.aspect_ratios()), bs, drop_last)
+            batch_sampler = GroupedBatchSampler(sampler, orientation_groups(ds.aspect_ratios()), bs, drop_last)
         else:
             batch_sampler = BatchSampler(sampler, bs, drop_last)
         return DataLoader(ds, batch_sampler=batch_sampler, num_workers=self.num_workers,

@@ -63,9 +63,17 @@ def load_system(path: str | Path, model_overrides: dict | None = None) -> tuple[
 LEGACY_ARGUMENTS = {"src.models.detection.DetectionSystem": {"model": "net"}}
 
 
+# Classes renamed since checkpoints were written: {old _target_: new _target_}.
+LEGACY_TARGETS = {"src.data.batch_samplers.AspectRatioBucketBatchSampler":
+                  "src.data.batch_samplers.AspectBucketResizeBatchSampler"}
+
+
 def _renamed_legacy_nodes(cfg: DictConfig) -> DictConfig:
-    """The checkpoint's config with old constructor argument names of the system renamed (old checkpoints say
-    `model.model` for the detector, now `model.net`)."""
+    """The checkpoint's config with old names renamed: classes (LEGACY_TARGETS) and the system's constructor
+    arguments (old checkpoints say `model.model` for the detector, now `model.net`)."""
+    for node in _nodes(cfg):
+        if node.get("_target_") in LEGACY_TARGETS:
+            node._target_ = LEGACY_TARGETS[node._target_]
     system = cfg.get("model")
     renames = LEGACY_ARGUMENTS.get(system.get("_target_"), {}) if isinstance(system, DictConfig) else {}
     for old, new in renames.items():
@@ -75,9 +83,13 @@ def _renamed_legacy_nodes(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def _find_pretrained(node):
+def _nodes(node):
+    """Every DictConfig under `node` (itself included), depth first."""
     if isinstance(node, DictConfig):
-        if "pretrained" in node and "_target_" in node:
-            yield node
+        yield node
         for v in node.values():
-            yield from _find_pretrained(v) if isinstance(v, DictConfig) else ()
+            yield from _nodes(v)
+
+
+def _find_pretrained(node):
+    return (n for n in _nodes(node) if "pretrained" in n and "_target_" in n)
