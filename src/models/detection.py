@@ -26,8 +26,10 @@ from torchmetrics.detection import MeanAveragePrecision
 
 from src.data import keys
 from src.data.detection import AGNOSTIC_CATEGORY, scale_boxes
+from src.models.detection_pictures import add_examples, draw_examples
 from src.models.detectors.torchvision_models import foreground_classes
 from src.models.optim import configure
+from src.utils.media import save_png
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +173,9 @@ class DetectionSystem(L.LightningModule):
 
     def test_step(self, batch, batch_idx: int):
         out = self._eval_step(batch, self.test_map)
-        if out is not None and len(self.test_examples) < self.keep_examples:
-            for img, t, p, g in zip(batch[keys.IMAGE], batch[keys.TARGET], out["preds"], out["targets"]):
-                if len(self.test_examples) < self.keep_examples:
-                    self.test_examples.append({"image": img.detach().cpu(), "orig_size": t["orig_size"].tolist(),
-                                               "pred": {k: v.detach().cpu() for k, v in p.items()},
-                                               "target": {k: v.detach().cpu() for k, v in g.items()}})
+        if out is not None:
+            add_examples(self.test_examples, self.keep_examples, batch[keys.IMAGE], batch[keys.TARGET], out["preds"],
+                         out["targets"])
         return out
 
     def on_test_epoch_start(self) -> None:
@@ -204,8 +203,6 @@ class DetectionSystem(L.LightningModule):
         """A picture of test predictions (red) vs ground truth (green) for src/eval.py's report."""
         if not self.test_examples:
             return []
-        from src.callbacks.detection_images import draw_examples, save_png
-
         path = Path(out_dir) / "test_detections.png"
         save_png(draw_examples(self.test_examples, self.categories), path)
         return [path]
