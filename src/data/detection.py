@@ -22,7 +22,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
@@ -31,6 +30,7 @@ from src.data import keys
 from src.data.detection_transforms import Compose, eval_transforms, train_transforms
 from src.data.images import ImageReadError, SkipCounter, read_rgb
 from src.data.readers import DataFormatError, load_coco
+from src.data.split_datamodule import SplitDataModule
 from src.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ def write_coco_results(path: str | os.PathLike, results: list[dict]) -> Path:
     return path
 
 
-class DetectionDataModule(L.LightningDataModule):
+class DetectionDataModule(SplitDataModule):
     """COCO detection splits under `source.root` (annotation paths relative to it; image `file_name`s relative
     to `image_root`, default the source root as the retail world writes them).
 
@@ -258,9 +258,6 @@ class DetectionDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.datasets: dict[str, CocoDetectionDataset] = {}
 
-    def prepare_data(self) -> None:
-        self.source.prepare()
-
     def transform(self, split: str) -> Compose:
         if split == "train":
             return train_transforms(self.train_sizes, self.max_size, self.hflip_prob)
@@ -280,12 +277,6 @@ class DetectionDataModule(L.LightningDataModule):
         """Foreground classes when `num_classes` is not given: the training annotation file's categories."""
         self.expected_classes = self._dataset("train").num_classes
         return self.expected_classes
-
-    def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        for split in wanted.get(stage, ("train", "val", "test")):
-            if split not in self.datasets:
-                self.datasets[split] = self._dataset(split)
 
     @property
     def categories(self) -> list[dict]:
