@@ -36,20 +36,13 @@ class ImageClassificationDataModule(SplitDataModule):
         on_error: str = "skip",
         pin_memory: bool = False,
     ) -> None:
-        super().__init__()
-        self.source = source
+        super().__init__(source, batch_size, eval_batch_size, num_workers, on_error, pin_memory)
         self.paths = {"train": train, "val": val, "test": test or val}
         self.fmt = fmt
         self.num_classes = num_classes
         self.image_size = image_size  # transform configs interpolate it; kept for reports and exports
         self.train_transform, self.eval_transform = train_transform, eval_transform
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
         self.sampler_factory = sampler
-        self.on_error = on_error
-        self.pin_memory = pin_memory
-        self.datasets: dict[str, ImageDataset] = {}
 
     def infer_num_classes(self) -> int:
         """Classes the model needs when `num_classes` is not given: largest training label + 1."""

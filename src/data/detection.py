@@ -242,21 +242,14 @@ class DetectionDataModule(SplitDataModule):
         on_error: str = "skip",
         pin_memory: bool = False,
     ) -> None:
-        super().__init__()
-        self.source = source
+        super().__init__(source, batch_size, eval_batch_size, num_workers, on_error, pin_memory)
         self.anns = {"train": train_ann, "val": val_ann, "test": test_ann or val_ann}
         self.image_root = image_root
         self.class_agnostic = class_agnostic
         self.expected_classes = num_classes
         self.train_sizes, self.eval_size, self.max_size = list(train_sizes), eval_size, max_size
         self.hflip_prob = hflip_prob
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
         self.group_by_aspect_ratio = group_by_aspect_ratio
-        self.on_error = on_error
-        self.pin_memory = pin_memory
-        self.datasets: dict[str, CocoDetectionDataset] = {}
 
     def transform(self, split: str) -> Compose:
         if split == "train":

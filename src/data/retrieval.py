@@ -53,8 +53,7 @@ class RetrievalDataModule(SplitDataModule):
         on_error: str = "skip",
         pin_memory: bool = False,
     ) -> None:
-        super().__init__()
-        self.source = source
+        super().__init__(source, batch_size, eval_batch_size, num_workers, on_error, pin_memory)
         self.paths = {"train": train, "val_query": val_query, "val_gallery": val_gallery,
                       "test_query": test_query or val_query,
                       "test_gallery": test_gallery if test_query else val_gallery}
@@ -62,11 +61,7 @@ class RetrievalDataModule(SplitDataModule):
         self.num_classes = num_classes  # training identities (margin-head classes); labels must be below it
         self.image_size = image_size
         self.train_transform, self.eval_transform = train_transform, eval_transform
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
         self.batch_sampler_factory = batch_sampler  # partial: (labels=, aspects=) -> batch sampler
-        self.num_workers, self.on_error, self.pin_memory = num_workers, on_error, pin_memory
-        self.datasets: dict[str, ImageDataset] = {}
 
     def _samples(self, split: str) -> list:
         """The split's list file, or the concatenation of several (e.g. shopper photos + studio shots)."""

@@ -30,10 +30,18 @@ def classes_from_labels(samples: Iterable[Sample]) -> int:
 
 
 class SplitDataModule(L.LightningDataModule):
-    """Subclasses set `self.source` (with `prepare()`) and `self.datasets = {}`, and build a split's dataset in
-    `_dataset(split)`; `dataset(split)` builds it once, `setup(stage)` builds the stage's splits."""
+    """`source` has `prepare()` and `root`. Subclasses build a split's dataset in `_dataset(split)`;
+    `dataset(split)` builds it once, `setup(stage)` builds the stage's splits. The loader settings are
+    common: batch sizes (eval defaults to the training one), workers, unreadable-image policy, pinned memory."""
 
-    datasets: dict
+    def __init__(self, source, batch_size: int, eval_batch_size: int | None = None, num_workers: int = 0,
+                 on_error: str = "skip", pin_memory: bool = False) -> None:
+        super().__init__()
+        self.source = source
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers, self.on_error, self.pin_memory = num_workers, on_error, pin_memory
+        self.datasets: dict = {}
 
     def prepare_data(self) -> None:
         self.source.prepare()

@@ -82,7 +82,8 @@ class ClassificationSystem(L.LightningModule):
         # Plain attributes, not submodules: no teacher weights in the student's checkpoint or optimizer, and TTA
         # runs self.net itself (no second copy of its state-dict keys).
         self.distillation = Distillation(teacher, kd_alpha, kd_temperature) if teacher is not None else None
-        self.tta = (bool(tta_hflip), checked_scales(tta_scales_ or (1.0,))) if (tta_hflip or tta_scales_) else None
+        tta_on = tta_hflip or tta_scales_
+        self.tta = (bool(tta_hflip), checked_scales(tta_scales_ or (1.0,))) if tta_on else None
         self.class_names = list(class_names) if class_names is not None else None
         self.save_test_predictions = save_test_predictions
         metrics = MetricCollection(
