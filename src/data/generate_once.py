@@ -3,13 +3,10 @@ interrupted run never leaves a half-written dataset that looks complete (DONE is
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -37,29 +34,3 @@ def generate_once(root: str | os.PathLike, tag: str, write: Callable[[Path], Non
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def spec_tag(prefix: str, version: int, spec) -> str:
-    """`<prefix><version>-<hash>`: the folder name of a generated dataset, from its generator version and every
-    field of its (dataclass) spec, so a changed spec or generator never reuses an old copy."""
-    blob = json.dumps({"version": version, **asdict(spec)}, sort_keys=True)
-    return f"{prefix}{version}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
-
-
-class GeneratedSource:
-    """A DataModule source whose data are generated on first use under `data_dir/<spec tag>`. Subclasses set
-    `spec_type` (a dataclass with a `tag`) and `ensure(data_dir, spec)` (generate unless there)."""
-
-    spec_type: type
-    ensure: Callable
-
-    def __init__(self, data_dir: str, **spec) -> None:
-        self.spec = self.spec_type(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in spec.items()})
-        self.data_dir = Path(data_dir)
-
-    @property
-    def root(self) -> Path:
-        return self.data_dir / self.spec.tag
-
-    def prepare(self) -> None:
-        self.ensure(self.data_dir, self.spec)
