@@ -31,7 +31,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from src.inference.onnx import OrtClassifier, export_onnx  # noqa: E402
+from src.inference.onnx import OrtModel, export_onnx  # noqa: E402
 from src.nn.fuse import fuse_conv_bn  # noqa: E402
 
 
@@ -117,7 +117,7 @@ def bench_model(name: str, model: torch.nn.Module, size: int, batch_sizes: list[
            "gflops": model_flops(model, size) / 1e9, "bn_folded": len(pairs), "fps": {}}
     variants = {"eager": model, "fused": fused}
     with tempfile.TemporaryDirectory() as tmp:
-        ort = OrtClassifier(export_onnx(fused, Path(tmp) / "m.onnx", size), threads=torch.get_num_threads())
+        ort = OrtModel(export_onnx(fused, Path(tmp) / "m.onnx", size), threads=torch.get_num_threads())
         if compile_:
             t = time.perf_counter()
             compiled = torch.compile(fused)

@@ -32,6 +32,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from src.inference.onnx import export_detector_onnx  # noqa: E402
 from src.models.detectors.torchvision_models import fasterrcnn  # noqa: E402
 
 # name -> (torchvision builder, FasterRCNN kwargs). The box head (two FC layers over 256x7x7 RoI features) runs
@@ -89,13 +90,6 @@ def match_report(boxes: torch.Tensor, scores: torch.Tensor, ref: dict) -> str:
     return f"{int(close.any(1).sum())}/{len(boxes)} ONNX boxes match eager ({len(ref['boxes'])} eager boxes)"
 
 
-def export_onnx(model: torch.nn.Module, image: torch.Tensor, path: Path) -> None:
-    torch.onnx.export(model, ([image],), str(path), dynamo=False, opset_version=17,
-                      input_names=["image"], output_names=["boxes", "labels", "scores"],
-                      dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "n"}, "labels": {0: "n"},
-                                    "scores": {0: "n"}})
-
-
 def bench(name: str, size: int, threads: int, args, tmp: Path) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -115,7 +109,7 @@ def bench(name: str, size: int, threads: int, args, tmp: Path) -> dict:
     if not args.no_onnx:
         try:
             t = time.perf_counter()
-            export_onnx(model, image, path)
+            export_detector_onnx(model, path, image)
             row["export_s"] = time.perf_counter() - t
             row["onnx_mb"] = path.stat().st_size / 1e6
             import onnxruntime as ort

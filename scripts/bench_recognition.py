@@ -35,8 +35,9 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from src.recognition.detector import Detector  # noqa: E402
-from src.recognition.embedder import Embedder, albumentations_preprocess, compute_fingerprint  # noqa: E402
+from src.inference.detector import Detector, load_detector  # noqa: E402
+from src.inference.embedder import Embedder, compute_fingerprint, load_embedder  # noqa: E402
+from src.inference.settings import InferenceSettings  # noqa: E402
 from src.recognition.gallery import Gallery, ProductImage, embed_entries  # noqa: E402
 from src.recognition.pipeline import RecognitionPipeline  # noqa: E402
 from src.recognition.world import catalogue_entries, counter_scenes  # noqa: E402
@@ -59,7 +60,8 @@ def production_embedder(size: int = 224) -> Embedder:
     net = EmbeddingNet(timm.create_model("resnet18", pretrained=False, num_classes=0, global_pool=""), DIM)
     tf = A.Compose([A.LongestMaxSize(max_size=size), A.PadIfNeeded(size, size, border_mode=0, fill=0),
                     A.Normalize(), ToTensorV2()])
-    return Embedder(net, albumentations_preprocess(tf), compute_fingerprint(net, f"letterbox{size}"))
+    settings = InferenceSettings(kind="embedder", eval_transform=A.to_dict(tf))
+    return Embedder(net, settings.preprocess(), compute_fingerprint(net, settings.transform_identity()))
 
 
 def random_detector() -> Detector:
@@ -179,11 +181,11 @@ def main(argv=None) -> None:
     print(f"HNSW32 gallery of {len(hnsw)} built in {t_build:.1f} s", flush=True)
 
     # ---- 1. end to end ----------------------------------------------------------------------------------
-    det = Detector.from_checkpoint(args.detector, 0.5) if args.detector else random_detector()
+    det = load_detector(args.detector, score_threshold=0.5) if args.detector else random_detector()
     e2e = {}
     embedders = [("resnet18-512d-224px (production shape, random weights)", emb)]
     if args.embedder:
-        embedders.append(("demo checkpoint " + Path(args.embedder).name, Embedder.from_checkpoint(args.embedder)))
+        embedders.append(("demo checkpoint " + Path(args.embedder).name, load_embedder(args.embedder)))
     for name, e in embedders:
         if e.dim != DIM:  # the demo embedder searches its own (same-size) gallery
             g = GalleryIndex(e.dim, e.fingerprint, factory="HNSW32")

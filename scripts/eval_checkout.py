@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hydra.utils import instantiate  # noqa: E402
 
 from src.recognition.checkout import basket_metrics, checkout  # noqa: E402
-from src.recognition.detector import Detector  # noqa: E402
-from src.recognition.embedder import Embedder  # noqa: E402
+from src.inference.detector import load_detector  # noqa: E402
+from src.inference.embedder import load_embedder  # noqa: E402
 from src.recognition.gallery import (  # noqa: E402
     Gallery,
     choose_threshold,
@@ -86,7 +86,7 @@ def main(argv=None) -> None:
     t0 = time.time()
 
     root = world_root(args.embedder, args.world)
-    embedder = Embedder.from_checkpoint(args.embedder, gallery_views=args.gallery_views)
+    embedder = load_embedder(args.embedder, gallery_views=args.gallery_views)
     prices = {sku: meta["price"] for sku, meta in read_catalogue(root / "catalogue.json").items()}
     gallery = Gallery.create(embedder)
     gallery.add(catalogue_entries(root))
@@ -98,7 +98,7 @@ def main(argv=None) -> None:
     reports = [choose_threshold(gallery.index, calib_vectors, [e.sku for e in calib], far) for far in args.target_far]
     scenes = counter_scenes(root, "val")
 
-    detector = Detector.from_checkpoint(args.detector, args.det_threshold) if args.detector else None
+    detector = load_detector(args.detector, score_threshold=args.det_threshold) if args.detector else None
     rows = []
     for boxes_name, det in [("ground-truth boxes", None)] + ([("detector", detector)] if detector else []):
         for thr_name, thr in [(f"FAR {r.target_far:g} ({r.threshold:.3f})", r.threshold) for r in reports] + [

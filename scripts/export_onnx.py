@@ -1,11 +1,15 @@
-"""Export a trained classifier to ONNX (BatchNorm folded into convolutions first) and check it with ONNX Runtime.
+"""Export a trained embedder, classifier or detector to ONNX, with its inference settings next to it, and
+check it against eager with ONNX Runtime (src/inference/export.py).
 
-    python scripts/export_onnx.py <ckpt> --out model.onnx [--image-size 224] [--no-fuse]
+    python scripts/export_onnx.py <ckpt> --out model.onnx [--image-size N] [--no-fuse]
+
+Serve the result like the checkpoint: `python -m src.service --embedder model.onnx ...`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -13,35 +17,20 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from src.inference.onnx import OrtClassifier, export_onnx  # noqa: E402
-from src.nn.fuse import fuse_conv_bn  # noqa: E402
-from src.utils import resolvers  # noqa: E402,F401
-from src.utils.checkpoint import load_system  # noqa: E402
+from src.inference.export import export_checkpoint  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("ckpt")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--image-size", type=int, help="default: data.image_size of the checkpoint's config")
-    ap.add_argument("--no-fuse", action="store_true")
+    ap.add_argument("--image-size", type=int, help="detectors: the example's shorter side (default: eval_size); "
+                    "others: the probe image size for a size-keeping transform")
+    ap.add_argument("--no-fuse", action="store_true", help="keep BatchNorm layers (embedders, classifiers)")
     args = ap.parse_args(argv)
-    system, cfg = load_system(args.ckpt)
-    size = args.image_size or int(cfg.data.image_size)
-    net = system.net.eval()
-    example = torch.randn(2, 3, size, size)
-    if not args.no_fuse:
-        net, pairs = fuse_conv_bn(net, example[:1])
-        print(f"folded {len(pairs)} BatchNorm layers into convolutions")
-    out = export_onnx(net, args.out, size)
-    with torch.no_grad():
-        ref = system.net(example).numpy()
-    got = OrtClassifier(out)(example)
-    print(f"wrote {out}; max |onnx - torch| logit difference {np.abs(got - ref).max():.2e}")
-    return out
+    report = export_checkpoint(args.ckpt, args.out, fuse=not args.no_fuse, image_size=args.image_size)
+    print(json.dumps(report, indent=1))
+    return report
 
 
 if __name__ == "__main__":

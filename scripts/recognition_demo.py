@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT))
 from omegaconf import OmegaConf  # noqa: E402
 
 from src.recognition.checkout import basket_metrics, checkout  # noqa: E402
-from src.recognition.detector import Detector  # noqa: E402
-from src.recognition.embedder import Embedder  # noqa: E402
+from src.inference.detector import load_detector  # noqa: E402
+from src.inference.embedder import load_embedder  # noqa: E402
 from src.recognition.gallery import Gallery, entries_from_image_list  # noqa: E402
 from src.recognition.pipeline import RecognitionPipeline  # noqa: E402
 from src.recognition.world import catalogue_entries, counter_scenes  # noqa: E402
@@ -97,8 +97,8 @@ def main(argv=None) -> None:
                          "(see experiments/recognition_demo/README.md) or pass --embedder")
     print(f"embedder: {emb_ckpt}\ndetector: {det_ckpt or 'none (ground-truth boxes used instead)'}")
     root = world_root(str(emb_ckpt), None)
-    embedder = Embedder.from_checkpoint(emb_ckpt)
-    detector = Detector.from_checkpoint(det_ckpt, args.det_threshold) if det_ckpt else None
+    embedder = load_embedder(emb_ckpt)
+    detector = load_detector(det_ckpt, score_threshold=args.det_threshold) if det_ckpt else None
 
     # The "new product": a never-trained-on SKU that appears in a val scene, kept out of the first gallery.
     spec = OmegaConf.load(root / "spec.json")
@@ -169,7 +169,7 @@ def main(argv=None) -> None:
     detectors = [("annotated boxes (upper bound)", OracleLiveDetector(live_root))]
     if det_ckpt:
         detectors.append(("detector, thresholds 0.9/0.95 + top-1 fallback",
-                          ModelLiveDetector(Detector.from_checkpoint(det_ckpt, 0.01))))
+                          ModelLiveDetector(load_detector(det_ckpt, score_threshold=0.01))))
     for name, live_det in detectors:
         run = match_live(live_root, embedder, live_det, work / "result.json", cfg)
         s = score_live(work / "result.json", live_root)

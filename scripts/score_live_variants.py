@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from src.data.retail_world.live import LiveSpec, ensure_live  # noqa: E402
-from src.recognition.embedder import Embedder  # noqa: E402
+from src.inference.embedder import Embedder  # noqa: E402
 from src.recognition.live import (  # noqa: E402
     LiveConfig,
     OracleLiveDetector,

@@ -7,9 +7,9 @@ Writes, atomically, under `output` (default: the Hydra run dir):
                 `COCO(input).loadRes("results.json")` works directly
   crops/        with save_crops=true: one JPEG per detection, and crops.json describing them
 
-Settings left null in conf/detect.yaml come from the checkpoint's `detect:` section (an experiment's recipe,
-e.g. the live-stream thresholds), then from built-in defaults: score thresholds 0.9 (images) and 0.95 (video
-frames), shorter sides from the training data's eval_size.
+Settings left null in conf/detect.yaml come from the checkpoint's `inference.detection` settings (an
+experiment's recipe, e.g. the live-stream thresholds), then from built-in defaults: score thresholds 0.9
+(images) and 0.95 (video frames), shorter sides from the training data's eval_size.
 """
 
 from __future__ import annotations
@@ -31,9 +31,8 @@ from src.data.detection import scale_boxes, to_coco_results, write_coco_results 
 from src.data.images import read_rgb, resize_shorter_side  # noqa: E402
 from src.data.readers import IMAGE_EXTENSIONS, load_coco  # noqa: E402
 from src.data.video import VIDEO_EXTENSIONS, read_video_frames, video_info  # noqa: E402
-from src.models.detection import CATEGORIES_KEY, DetectionSystem  # noqa: E402
+from src.inference.detector import Detector, load_detector  # noqa: E402
 from src.utils import resolvers  # noqa: E402,F401
-from src.utils.checkpoint import load_system  # noqa: E402
 from src.utils.io import atomic_write_bytes, atomic_write_json  # noqa: E402
 from src.utils.run_dirs import latest_best_checkpoint  # noqa: E402
 
@@ -42,20 +41,15 @@ log = logging.getLogger(__name__)
 DEFAULTS = {"score_threshold_image": 0.9, "score_threshold_video": 0.95}
 
 
-def _setting(cfg: DictConfig, train_cfg: DictConfig, key: str, fallback: Any) -> Any:
-    """CLI/detect.yaml value, else the checkpoint's `detect.<key>`, else the fallback."""
+def _setting(cfg: DictConfig, defaults: dict, key: str, fallback: Any) -> Any:
+    """CLI/detect.yaml value, else the checkpoint's `inference.detection.<key>`, else the fallback."""
     if cfg.get(key) is not None:
         return cfg[key]
-    recipe = train_cfg.get("detect") or {}
-    return recipe.get(key) if recipe.get(key) is not None else fallback
+    return defaults.get(key) if defaults.get(key) is not None else fallback
 
 
 def _resize(image: np.ndarray, short_side: int | None, max_size: int | None) -> np.ndarray:
     return resize_shorter_side(image, short_side, max_size)[0]
-
-
-def _to_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).to(device).float().div_(255)
 
 
 def _items(cfg: DictConfig, kind: str, src: Path, short_side: int | None, video_side: int | None,
@@ -130,28 +124,24 @@ def _save_crops(out_dir: Path, entry: dict, image: np.ndarray, results: list[dic
 
 def detect(cfg: DictConfig) -> dict:
     ckpt = Path(cfg.ckpt_path) if cfg.ckpt_path != "latest" else latest_best_checkpoint(cfg.paths.outputs_dir)
-    system, train_cfg = load_system(ckpt)
-    if not isinstance(system, DetectionSystem):  # e.g. ckpt_path=latest found a classifier run
-        raise TypeError(f"{ckpt} holds a {type(system).__name__}, not a DetectionSystem: pass ckpt_path=<a detection "
-                        "checkpoint>")
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
-    system.to(device).eval()
-    categories = system.categories  # restored by load_system (on_load_checkpoint)
+    loaded = load_detector(ckpt, device=device)  # e.g. ckpt_path=latest found a classifier run: one clear error
+    categories = loaded.categories
     if categories is None:
-        log.warning("%s has no %r: writing labels as category ids", ckpt, CATEGORIES_KEY)
+        log.warning("%s has no detection categories: writing labels as category ids", ckpt)
         label_to_cat = None
         categories = []
     else:
         label_to_cat = {i + 1: c["id"] for i, c in enumerate(categories)}
 
-    data_cfg = train_cfg.get("data") or {}
-    max_size = _setting(cfg, train_cfg, "max_size", data_cfg.get("max_size"))
-    short_side = _setting(cfg, train_cfg, "image_short_side", data_cfg.get("eval_size"))
-    video_side = _setting(cfg, train_cfg, "video_short_side", data_cfg.get("eval_size"))
+    defaults = loaded.detection
+    max_size = cfg.max_size if cfg.get("max_size") is not None else loaded.max_size
+    short_side = _setting(cfg, defaults, "image_short_side", loaded.eval_size)
+    video_side = _setting(cfg, defaults, "video_short_side", loaded.eval_size)
     src = Path(cfg.input)
     kind = _input_kind(src)
-    threshold = float(_setting(cfg, train_cfg, "score_threshold_video" if kind == "video" else "score_threshold_image",
+    threshold = float(_setting(cfg, defaults, "score_threshold_video" if kind == "video" else "score_threshold_image",
                                DEFAULTS["score_threshold_video" if kind == "video" else "score_threshold_image"]))
     out_dir = Path(cfg.output or cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -161,13 +151,15 @@ def detect(cfg: DictConfig) -> dict:
     results, crops = [], []
     batch: list[tuple[dict, np.ndarray, np.ndarray]] = []
 
+    # Images arrive resized (above): the detector runs them as they are, every box kept for the threshold below.
+    detector = Detector(loaded.model, score_threshold=0.0, max_detections=1 << 30, device=device,
+                        batch_size=int(cfg.batch_size))
+
     def flush():
-        with torch.inference_mode():
-            preds = system([_to_tensor(r, device) for _, _, r in batch])
-        for (entry, orig, resized), p in zip(batch, preds):
+        for (entry, orig, resized), d in zip(batch, detector.detect_batch([r for _, _, r in batch])):
             # Back to the pixels of the image on disk (or the decoded frame).
-            p = {"boxes": scale_boxes(p["boxes"].float(), resized.shape[:2], (entry["height"], entry["width"])),
-                 "scores": p["scores"], "labels": p["labels"]}
+            p = {"boxes": scale_boxes(torch.from_numpy(d.boxes), resized.shape[:2], (entry["height"], entry["width"])),
+                 "scores": torch.from_numpy(d.scores), "labels": torch.from_numpy(d.labels)}
             res = to_coco_results([p], [entry["id"]], label_to_cat, threshold)
             results.extend(res)
             if cfg.save_crops and orig is not None:

@@ -28,9 +28,13 @@ log = logging.getLogger("src.recognize")
 
 
 def _embedder(args):
-    from src.recognition.embedder import Embedder
+    from src.inference.embedder import load_embedder
 
-    return Embedder.from_checkpoint(args.embedder, device=args.device, batch_size=args.batch_size)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return load_embedder(args.embedder, device=args.device, batch_size=args.batch_size, threads=args.threads)
 
 
 def _entries(list_file: str, root: str | None, catalogue: str | None):
@@ -46,7 +50,19 @@ def _print(obj) -> None:
 
 def cmd_build(args) -> None:
     from src.recognition.gallery import Gallery
+    from src.recognition.milvus_gallery import MilvusGallery, is_milvus_location
 
+    if is_milvus_location(args.index):  # a Milvus collection is written as it grows (no version to swap in)
+        gallery = MilvusGallery.connect(args.index, _embedder(args), threshold=args.threshold,
+                                        index_type="FLAT" if args.factory == "Flat" else args.factory)
+        if len(gallery) and not args.overwrite:
+            raise SystemExit(f"{args.index} already holds {len(gallery)} images: use `add`")
+        out = {"index": args.index, **gallery.add(_entries(args.images, args.root, args.catalogue), key_id="cli")}
+        if args.val_images:
+            out["threshold"] = gallery.calibrate(_entries(args.val_images, args.val_root, args.catalogue),
+                                                 args.target_far).to_dict()
+        _print({**out, "images": len(gallery), "products": len(gallery.products())})
+        return
     index_dir = Path(args.index)
     if (index_dir / "CURRENT").exists() and not args.overwrite:
         raise SystemExit(f"{index_dir} already holds a gallery: use `add`, or `build --overwrite` for a new version")
@@ -65,9 +81,10 @@ def cmd_build(args) -> None:
 
 
 def cmd_add(args) -> None:
-    from src.recognition.gallery import Gallery, ProductImage
+    from src.recognition.gallery import ProductImage
+    from src.recognition.milvus_gallery import open_gallery
 
-    gallery = Gallery.open(args.index, _embedder(args))
+    gallery = open_gallery(args.index, _embedder(args))
     if args.images:
         entries = _entries(args.images, args.root, args.catalogue)
     elif args.image and args.sku:
@@ -80,8 +97,22 @@ def cmd_add(args) -> None:
 
 def cmd_remove(args) -> None:
     from src.recognition.gallery import removal_audit
-    from src.retrieval.index import GalleryIndex, directory_lock
+    from src.recognition.milvus_gallery import is_milvus_location
+    from src.retrieval.gallery_store import directory_lock
+    from src.retrieval.index import GalleryIndex
 
+    if is_milvus_location(args.index):
+        from src.retrieval.milvus_audit import MilvusAuditLog
+        from src.retrieval.milvus_index import MilvusGalleryIndex
+
+        index, trail = MilvusGalleryIndex.open(args.index), MilvusAuditLog(args.index)
+        rows = [r for r in (index.metadata(int(i)) for i in index.ids) if r["sku"] in set(args.sku)]
+        n = index.remove(skus=args.sku)
+        if n == 0:
+            raise SystemExit(f"no image of sku {args.sku} in {args.index}")
+        trail.append(removal_audit(rows, "cli"))
+        _print({"removed": n, "count": len(index)})
+        return
     with directory_lock(args.index):  # a running service (or another command) may be changing it too
         index = GalleryIndex.load(args.index)  # no embedder needed to remove
         rows = [index.metadata(int(i)) for i in index.ids]
@@ -93,19 +124,20 @@ def cmd_remove(args) -> None:
 
 
 def cmd_calibrate(args) -> None:
-    from src.recognition.gallery import Gallery
+    from src.recognition.milvus_gallery import open_gallery
 
-    gallery = Gallery.open(args.index, _embedder(args))
+    gallery = open_gallery(args.index, _embedder(args))
     _print(gallery.calibrate(_entries(args.val_images, args.val_root, args.catalogue), args.target_far).to_dict())
 
 
 def _pipeline(args):
-    from src.recognition.detector import Detector
-    from src.recognition.gallery import Gallery
+    from src.inference.detector import load_detector
+    from src.recognition.milvus_gallery import open_gallery
     from src.recognition.pipeline import RecognitionPipeline
 
-    gallery = Gallery.open(args.index, _embedder(args))
-    det = Detector.from_checkpoint(args.detector, args.det_threshold, args.device) if args.detector else None
+    gallery = open_gallery(args.index, _embedder(args))
+    det = load_detector(args.detector, score_threshold=args.det_threshold, device=args.device, threads=args.threads) \
+        if args.detector else None
     return RecognitionPipeline(gallery.embedder, gallery.index, det, whole_image=args.whole_image, top_k=args.k)
 
 
@@ -137,7 +169,7 @@ def parse_frames(text: str):
 
 def live_config(args, recipe=None):
     """The LiveConfig of `match-live`'s arguments; thresholds left unset come from the detector checkpoint's
-    ``detect:`` recipe (as src.detect reads them), else from LiveConfig's defaults (0.9 / 0.95)."""
+    ``inference.detection`` settings (as src.detect reads them), else from LiveConfig's defaults (0.9 / 0.95)."""
     from src.recognition.live import LiveConfig
 
     recipe = recipe or {}
@@ -158,7 +190,7 @@ def live_config(args, recipe=None):
 
 
 def cmd_match_live(args) -> None:
-    from src.recognition.detector import Detector
+    from src.inference.detector import load_detector
     from src.recognition.live import ModelLiveDetector, OracleLiveDetector, match_live, score_live
 
     recipe = {}
@@ -166,8 +198,8 @@ def cmd_match_live(args) -> None:
         detector = OracleLiveDetector(args.data)
     elif args.detector:
         # Score threshold ~0 here: the live image/video thresholds (and the fallback) apply later.
-        det = Detector.from_checkpoint(args.detector, 0.01, args.device)
-        recipe = det.recipe
+        det = load_detector(args.detector, score_threshold=0.01, device=args.device, threads=args.threads)
+        recipe = det.detection
         detector = ModelLiveDetector(det)
     else:
         raise SystemExit("match-live needs --detector CKPT or --oracle-boxes (ground-truth boxes)")
@@ -187,11 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp, embedder=True, index=True):
         if index:
-            sp.add_argument("--index", required=True, help="gallery folder (GalleryIndex layout)")
+            sp.add_argument("--index", required=True,
+                            help="gallery folder, or a Milvus collection (milvus://host:19530#name, gallery.db)")
         if embedder:
-            sp.add_argument("--embedder", required=True, help="EmbeddingSystem checkpoint (.ckpt from src.train)")
+            sp.add_argument("--embedder", required=True,
+                            help="embedder .ckpt (src.train) or .onnx (scripts/export_onnx.py)")
             sp.add_argument("--device", default="cpu")
             sp.add_argument("--batch-size", type=int, default=64)
+            sp.add_argument("--threads", type=int, default=None,
+                            help="threads for torch and ONNX Runtime (default: theirs)")
 
     def image_list(sp, required: bool):
         sp.add_argument("--images", required=required, help="image list: 'relative/path sku_id [uid]' per line")
@@ -200,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def recognition(sp):
         sp.add_argument("--image", required=True, help="RGB photo")
-        sp.add_argument("--detector", help="DetectionSystem checkpoint (default: whole image only)")
+        sp.add_argument("--detector", help="detector .ckpt or .onnx (default: whole image only)")
         sp.add_argument("--det-threshold", type=float, default=0.5)
         sp.add_argument("--whole-image", default="always", choices=("always", "fallback", "never"))
         sp.add_argument("--k", type=int, default=5, help="neighbours per box")
@@ -253,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(m, index=False)
     m.add_argument("--data", required=True, help="live-stream folder: image/, image_annotation/, video/, ...")
     m.add_argument("--out", required=True, help="result.json to write (atomically)")
-    m.add_argument("--detector", help="DetectionSystem checkpoint")
+    m.add_argument("--detector", help="detector .ckpt or .onnx")
     m.add_argument("--oracle-boxes", action="store_true", help="use the annotated boxes (matching upper bound)")
     # Defaults: the 7th-place recipe, equal to LiveConfig's (tests/recognition/test_recognize_cli.py checks).
     m.add_argument("--frames", type=parse_frames, default="80:381:20",

@@ -1,6 +1,9 @@
 """Weight averaging as Lightning callbacks: the mean of the last N epochs' weights, and an EMA of the weights.
 Each writes a normal checkpoint (through `trainer.save_checkpoint`, so the Hydra config travels with it and
-`python -m src.eval ckpt_path=<it>` evaluates it like any other)."""
+`python -m src.eval ckpt_path=<it>` evaluates it like any other). Not Lightning's WeightAveraging /
+EMAWeightAveraging (same EMA weights without decay warmup): those put the average into validation, into every
+checkpoint and into the model at the end of fit, so model selection would change; these leave training, selection
+and the saved checkpoints on the trained weights (tests/callbacks/test_averaging_callbacks.py)."""
 
 from __future__ import annotations
 

@@ -25,9 +25,10 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+from torchvision.transforms.v2 import Compose
 
 from src.data import keys
-from src.data.detection_transforms import Compose, eval_transforms, train_transforms
+from src.data.detection_transforms import eval_transforms, train_transforms
 from src.data.images import ImageReadError, SkipCounter, read_rgb
 from src.data.readers import DataFormatError, load_coco
 from src.data.split_datamodule import SplitDataModule

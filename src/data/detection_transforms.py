@@ -1,36 +1,28 @@
 """Detection transforms that move boxes with the pixels: multi-scale shorter-side resize, eval resize,
 horizontal flip, to-tensor.
 
-Each transform is `t(image, target) -> (image, target)` with image an RGB uint8 HxWx3 array (until `ToTensor`)
-and target a dict whose "boxes" are float32 [N, 4] xyxy in pixels (other keys pass through). Box maps are exact
-(per-axis scale of the actual output size, mirror about the width), so tests can compare them analytically.
-Random choices use torch's RNG, which DataLoader workers and Lightning's seed_everything seed.
+A transform is `t(image, target) -> (image, target)`, composed by torchvision's `v2.Compose`. The resize is ours
+(src.data.images: the one shorter-side rule, which serving uses too; torchvision's v2.Resize truncates the long
+side where ours rounds, e.g. 240x320 -> 608x810 vs 608x811, and resamples differently): it takes an RGB uint8 HxWx3
+array and a target dict whose "boxes" are float32 [N, 4] xyxy in pixels (other keys pass through) and scales the
+boxes by the actual output size. `ToTensor` then makes the image a `tv_tensors.Image` and the boxes
+`tv_tensors.BoundingBoxes`, which torchvision's `v2.RandomHorizontalFlip` mirrors together (x1' = W - x2), and
+`v2.ToPureTensor` hands plain tensors on. Random choices use torch's RNG, which DataLoader workers and Lightning's
+seed_everything seed.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
-import cv2
 import numpy as np
 import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from src.data.images import resize_to, shorter_side_shape
 
 Target = dict
-
-
-class Compose:
-    def __init__(self, transforms: Sequence[Callable]) -> None:
-        self.transforms = list(transforms)
-
-    def __call__(self, image: np.ndarray, target: Target) -> tuple:
-        for t in self.transforms:
-            image, target = t(image, target)
-        return image, target
-
-    def __repr__(self) -> str:
-        return f"Compose({self.transforms})"
 
 
 def resize_with_boxes(image: np.ndarray, target: Target, out_h: int, out_w: int) -> tuple:
@@ -67,34 +59,22 @@ class ShortestSideResize(RandomShortestSideResize):
         super().__init__([size], max_size)
 
 
-class RandomHorizontalFlip:
-    def __init__(self, p: float = 0.5) -> None:
-        self.p = p
-
-    def __call__(self, image: np.ndarray, target: Target) -> tuple:
-        if self.p <= 0 or torch.rand(()).item() >= self.p:
-            return image, target
-        w = image.shape[1]
-        boxes = np.asarray(target["boxes"], dtype=np.float32).reshape(-1, 4).copy()
-        boxes[:, [0, 2]] = w - boxes[:, [2, 0]]  # x1' = W - x2, x2' = W - x1
-        return np.ascontiguousarray(image[:, ::-1]), {**target, "boxes": boxes}
-
-    def __repr__(self) -> str:
-        return f"{self.__class__.__name__}(p={self.p})"
-
-
 class ToTensor:
-    """uint8 HxWx3 -> float CHW in 0..1 (torchvision detectors normalise inside the model); boxes -> tensor."""
+    """uint8 HxWx3 -> float CHW in 0..1 as a `tv_tensors.Image` (torchvision detectors normalise inside the model);
+    boxes -> `tv_tensors.BoundingBoxes` (xyxy on that image), so v2 transforms move them with the pixels."""
 
     def __call__(self, image: np.ndarray, target: Target) -> tuple:
         img = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255)
-        return img, {**target, "boxes": torch.as_tensor(np.asarray(target["boxes"], dtype=np.float32)).reshape(-1, 4)}
+        boxes = torch.as_tensor(np.asarray(target["boxes"], dtype=np.float32)).reshape(-1, 4)
+        return tv_tensors.Image(img), {**target, "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY",
+                                                                                  canvas_size=tuple(img.shape[-2:]))}
 
 
-def train_transforms(sizes: Sequence[int], max_size: int | None = None, hflip_prob: float = 0.5) -> Compose:
-    return Compose([RandomShortestSideResize(sizes, max_size), RandomHorizontalFlip(hflip_prob), ToTensor()])
+def train_transforms(sizes: Sequence[int], max_size: int | None = None, hflip_prob: float = 0.5) -> v2.Compose:
+    flip = [v2.RandomHorizontalFlip(hflip_prob)] if hflip_prob > 0 else []  # v2's flip draws a number even at p=0
+    return v2.Compose([RandomShortestSideResize(sizes, max_size), ToTensor(), *flip, v2.ToPureTensor()])
 
 
-def eval_transforms(size: int | None, max_size: int | None = None) -> Compose:
+def eval_transforms(size: int | None, max_size: int | None = None) -> v2.Compose:
     """size=None keeps the image as it is."""
-    return Compose(([ShortestSideResize(size, max_size)] if size else []) + [ToTensor()])
+    return v2.Compose(([ShortestSideResize(size, max_size)] if size else []) + [ToTensor(), v2.ToPureTensor()])

@@ -3,12 +3,15 @@ interrupted run never leaves a half-written dataset that looks complete (DONE is
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -34,3 +37,29 @@ def generate_once(root: str | os.PathLike, tag: str, write: Callable[[Path], Non
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def spec_tag(prefix: str, version: int, spec: Any) -> str:
+    """`<prefix><version>-<10 hex>`: the generator version and a hash of every field of the spec (a
+    dataclass), so data generated with other parameters or by another generator version is never reused."""
+    blob = json.dumps({"version": version, **asdict(spec)}, sort_keys=True)
+    return f"{prefix}{version}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+class GeneratedSource:
+    """A dataset source generated on first use and cached by spec: `root` = `data_dir/<spec tag>`. Subclasses
+    name their spec dataclass and the function that generates it (`ensure(data_dir, spec) -> folder`)."""
+
+    spec_class: type
+    ensure: Callable[..., Path]
+
+    def __init__(self, data_dir: str, **spec) -> None:
+        self.spec = self.spec_class(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in spec.items()})
+        self.data_dir = Path(data_dir)
+
+    @property
+    def root(self) -> Path:
+        return self.data_dir / self.spec.tag
+
+    def prepare(self) -> None:
+        self.ensure(self.data_dir, self.spec)

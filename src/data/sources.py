@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from src.data.generate_once import GeneratedSource
 from src.data.retail_world.generate import WorldSpec, ensure_world
 
 
@@ -19,16 +20,8 @@ class LocalDataset:
             raise FileNotFoundError(f"dataset root not found: {self.root}")
 
 
-class RetailWorld:
+class RetailWorld(GeneratedSource):
     """The embedded, generated retail world (the default data). Generated on first use, cached by spec."""
 
-    def __init__(self, data_dir: str, **spec) -> None:
-        self.spec = WorldSpec(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in spec.items()})
-        self.data_dir = Path(data_dir)
-
-    @property
-    def root(self) -> Path:
-        return self.data_dir / self.spec.tag
-
-    def prepare(self) -> None:
-        ensure_world(self.data_dir, self.spec)
+    spec_class = WorldSpec
+    ensure = staticmethod(ensure_world)

@@ -11,7 +11,6 @@ Layout under `<data_dir>/<tag>/`: images/{train,val,test}/*.jpg, lists/{train,va
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from src.data.generate_once import generate_once
+from src.data.generate_once import GeneratedSource, generate_once, spec_tag
 from src.data.retail_world import photometric as ph
 from src.data.retail_world.catalogue import PATTERNS
 from src.data.retail_world.render import _pattern
@@ -81,8 +80,7 @@ class StyleSpec:
 
     @property
     def tag(self) -> str:
-        blob = json.dumps({"version": STYLE_VERSION, **asdict(self)}, sort_keys=True)
-        return f"style-v{STYLE_VERSION}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+        return spec_tag("style-v", STYLE_VERSION, self)
 
 
 def split_counts(n: int, proportions) -> list[int]:
@@ -164,16 +162,8 @@ def ensure_style_world(root: str | os.PathLike, spec: StyleSpec | None = None, *
     return generate_once(root, spec.tag, lambda tmp: generate_style_world(spec, tmp), "style world")
 
 
-class StyleWorld:
+class StyleWorld(GeneratedSource):
     """Source for ImageClassificationDataModule: the generated style data, created on first use."""
 
-    def __init__(self, data_dir: str, **spec) -> None:
-        self.spec = StyleSpec(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in spec.items()})
-        self.data_dir = Path(data_dir)
-
-    @property
-    def root(self) -> Path:
-        return self.data_dir / self.spec.tag
-
-    def prepare(self) -> None:
-        ensure_style_world(self.data_dir, self.spec)
+    spec_class = StyleSpec
+    ensure = staticmethod(ensure_style_world)

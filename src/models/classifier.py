@@ -20,7 +20,7 @@ from src.data import keys
 from src.losses.distillation import check_kd_alpha
 from src.models.classification_report import confusion_figure, summarize, write_report
 from src.models.held_out_predictions import HeldOutPredictions
-from src.models.optim import backbone_and_head_groups, configure
+from src.models.configure_optimizers import backbone_and_head_groups, configure
 from src.models.teacher import Distillation
 from src.nn.tta import checked_scales, tta_logits
 from src.utils.media import figure_rgb, send_image
@@ -43,6 +43,8 @@ class ClassificationSystem(L.LightningModule):
     save_test_predictions: write softmax probabilities of the test set (by sample uid) to
         `<trainer.default_root_dir>/predictions/test_probs.{npz,csv}` (out-of-fold predictions of a fold run).
     """
+
+    inference_kind = "classifier"  # what src.inference serves it as (stored with every checkpoint)
 
     def __init__(
         self,

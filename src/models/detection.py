@@ -28,7 +28,7 @@ from src.data import keys
 from src.data.detection import AGNOSTIC_CATEGORY, scale_boxes
 from src.models.detection_pictures import add_examples, draw_examples
 from src.models.detectors.torchvision_models import foreground_classes
-from src.models.optim import configure
+from src.models.configure_optimizers import configure
 from src.utils.media import save_png
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ class DetectionSystem(L.LightningModule):
     """class_agnostic: every ground-truth label becomes 1 (one "product" class: the main-body detector), so a
     model with one foreground class trains on any COCO file. Keep it equal to the data's flag.
     keep_examples: how many test images (with predictions) `report_artifacts` draws."""
+
+    inference_kind = "detector"  # what src.inference serves it as (stored with every checkpoint)
 
     def __init__(
         self,

@@ -11,13 +11,15 @@ import torch
 from torch import nn
 
 from src.data import keys
-from src.models.optim import backbone_and_head_groups, configure
+from src.models.configure_optimizers import backbone_and_head_groups, configure
 
 
 class EmbeddingSystem(L.LightningModule):
     """`losses`: name -> loss module taking (embeddings, labels); margin heads (ArcFace, CosFace, sub-center
     ArcFace from pytorch-metric-learning) keep their class weights inside, so the optimizer and checkpoints carry
     them. `loss_weights`: name -> weight (default 1). Backbone learning rate = lr * `backbone_lr_mult`."""
+
+    inference_kind = "embedder"  # what src.inference serves it as (stored with every checkpoint)
 
     def __init__(
         self,

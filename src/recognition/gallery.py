@@ -36,8 +36,9 @@ import numpy as np
 
 from src.data.images import read_rgb
 from src.data.readers import DataFormatError, read_image_list
-from src.recognition.embedder import Embedder
-from src.retrieval.index import GalleryIndex, current_version, directory_lock, read_audit
+from src.inference.embedder import Embedder
+from src.retrieval.gallery_store import current_version, directory_lock, read_audit
+from src.retrieval.index import GalleryIndex
 from src.retrieval.threshold import far_frr, threshold_for_far
 
 __all__ = ["Gallery", "ProductImage", "ThresholdReport", "choose_threshold", "entries_from_image_list",

@@ -24,16 +24,11 @@ import numpy as np
 
 from src.data.images import crop_box, read_rgb, resize_shorter_side
 from src.data.video import read_video_frames, video_info
-from src.recognition.detector import Detections, DetectorLike
-from src.recognition.embedder import Embedder
-from src.retrieval.live_matching import (
-    STRATEGIES,
-    FrameBox,
-    ImageBox,
-    match_videos,
-    score_live_matching,
-    write_result_json,
-)
+from src.inference.detector import Detections, DetectorLike
+from src.inference.embedder import Embedder
+from src.retrieval.live_matching import STRATEGIES, FrameBox, ImageBox, match_videos
+from src.retrieval.live_scoring import score_live_matching, write_result_json
+from src.utils.boxes import box_iou
 
 log = logging.getLogger(__name__)
 
@@ -265,14 +260,6 @@ def match_live(root: str | os.PathLike, embedder: Embedder, detector: LiveDetect
     return LiveRun(result, counts)
 
 
-def _iou(a, b) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def score_live(result: dict[str, Any] | str | os.PathLike, root: str | os.PathLike,
                iou_threshold: float = 0.5) -> dict[str, float]:
     """Score a result.json (dict or path) against the generated annotations under ``root``.
@@ -280,7 +267,7 @@ def score_live(result: dict[str, Any] | str | os.PathLike, root: str | os.PathLi
     Match precision/recall/F1 come from ``ground_truth.json`` (video -> item). For the boxes, any annotated
     frame of the true instance counts (the competition's single "frame_index" would reward guessing the
     annotator's frame): each predicted video's truth is rebuilt at its predicted frame, then scored with
-    src.retrieval.live_matching.score_live_matching."""
+    src.retrieval.live_scoring.score_live_matching."""
     root = Path(root)
     if not isinstance(result, dict):
         result = json.loads(Path(result).read_text())
@@ -303,7 +290,7 @@ def score_live(result: dict[str, Any] | str | os.PathLike, root: str | os.PathLi
             continue  # the predicted frame does not show the item: keep the canonical truth (a box miss)
         # The predicted frame box is compared with the instance's box in that frame (the best-overlapping
         # one if it appears twice), each shop image with its own instance box.
-        fb = max(frame_boxes, key=lambda b: _iou(b, pred["result"][0]["frame_box"]))
+        fb = max(frame_boxes, key=lambda b: box_iou(b, pred["result"][0]["frame_box"]))
         aligned[video_id] = {
             "item_id": t["item_id"], "frame_index": pred["frame_index"],
             "result": [{"img_name": im["img_name"], "item_box": a["box"], "frame_box": fb}

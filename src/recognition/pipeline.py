@@ -16,7 +16,6 @@ Decisions (each a parameter):
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -26,8 +25,8 @@ import torch
 from torchvision.ops import batched_nms, box_iou, nms
 
 from src.data.images import check_rgb_image, crop_box
-from src.recognition.detector import Detections, DetectorLike
-from src.recognition.embedder import Embedder
+from src.inference.detector import Detections, DetectorLike
+from src.inference.embedder import Embedder
 from src.retrieval.index import GalleryIndex
 
 __all__ = ["WHOLE_IMAGE_MODES", "Recognition", "RecognitionPipeline"]

@@ -41,17 +41,15 @@ Ties and rounding (both strategies, so the answer never depends on dict or list 
   smaller video id; across folders to the smaller item id.
 * Equal detection scores in (e)/(f) go to the earlier box in the input.
 * Ids are compared as strings: a video id given as ``1`` and as ``"1"`` is one video.
+
+Writing and scoring a ``result.json``: src/retrieval/live_scoring.py.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -61,15 +59,12 @@ __all__ = [
     "FrameBox",
     "ImageBox",
     "VideoMatch",
-    "box_iou",
     "match_folder",
     "match_video",
     "match_videos",
     "resolve_item_conflicts",
     "resolve_video_conflicts",
-    "score_live_matching",
     "to_result_json",
-    "write_result_json",
 ]
 
 Box = Sequence[float]  # (x1, y1, x2, y2)
@@ -387,94 +382,3 @@ def match_videos(
     _validate_params(keep_ratio, top_fraction, max_distance, strategy)
     run = _match_per_folder if strategy == "per_folder" else _match_per_video
     return to_result_json(run(images, list(frames), keep_ratio, top_fraction, max_distance))
-
-
-def write_result_json(path: str | os.PathLike, result: Mapping[str, Any]) -> None:
-    """Write ``result`` as JSON atomically (temp file in the same folder, fsync, os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(result, f, ensure_ascii=False, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if os.name == "posix":  # make the rename durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def box_iou(a: Box, b: Box) -> float:
-    """IoU of two ``(x1, y1, x2, y2)`` boxes (0 for empty or degenerate ones).
-
-    >>> box_iou((0, 0, 2, 2), (1, 0, 3, 2))
-    0.3333333333333333
-    """
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def _f1(p: float, r: float) -> float:
-    return 2 * p * r / (p + r) if p + r > 0 else 0.0
-
-
-def _boxes_correct(pred: Mapping[str, Any], truth: Mapping[str, Any], thr: float) -> bool:
-    if pred.get("frame_index") != truth.get("frame_index") or not pred.get("result"):
-        return False
-    return all(
-        any(
-            p["img_name"] == t["img_name"]
-            and box_iou(p["item_box"], t["item_box"]) >= thr
-            and box_iou(p["frame_box"], t["frame_box"]) >= thr
-            for t in truth.get("result", [])
-        )
-        for p in pred["result"]
-    )
-
-
-def score_live_matching(
-    result: Mapping[str, Mapping[str, Any]],
-    ground_truth: Mapping[str, Mapping[str, Any]],
-    iou_threshold: float = 0.5,
-) -> dict[str, float]:
-    """Precision/recall/F1 of video -> item matches, and box accuracy.
-
-    ``ground_truth`` has the ``result.json`` layout; a video absent from it, or with a falsy
-    ``item_id``, has no item. A predicted video is:
-
-    * a *match hit* if its ``item_id`` equals the ground truth's;
-    * a *full hit* if also ``frame_index`` is equal and every predicted ``{img_name, item_box,
-      frame_box}`` has a ground-truth entry with the same ``img_name``, ``item_box`` IoU >= thr and
-      ``frame_box`` IoU >= thr.
-
-    Returns ``match_precision = hits / predicted videos``, ``match_recall = hits / videos with an item``,
-    ``match_f1``, ``box_accuracy = full hits / match hits``, and ``full_precision``/``full_recall``/
-    ``full_f1`` counting full hits only. Empty denominators give 0.
-    """
-    positives = {v for v, t in ground_truth.items() if t.get("item_id")}
-    match_hits = [v for v, p in result.items() if v in positives and p.get("item_id") == ground_truth[v]["item_id"]]
-    full_hits = [v for v in match_hits if _boxes_correct(result[v], ground_truth[v], iou_threshold)]
-    n_pred, n_pos = len(result), len(positives)
-    mp = len(match_hits) / n_pred if n_pred else 0.0
-    mr = len(match_hits) / n_pos if n_pos else 0.0
-    fp = len(full_hits) / n_pred if n_pred else 0.0
-    fr = len(full_hits) / n_pos if n_pos else 0.0
-    return {
-        "match_precision": mp,
-        "match_recall": mr,
-        "match_f1": _f1(mp, mr),
-        "box_accuracy": len(full_hits) / len(match_hits) if match_hits else 0.0,
-        "full_precision": fp,
-        "full_recall": fr,
-        "full_f1": _f1(fp, fr),
-    }

@@ -34,18 +34,17 @@ and collection; a collection without these properties is refused rather than wri
 
 Semantics that differ from the Faiss backend:
 
-* Every change is written to Milvus at once; there is no ``save``/``load`` of a directory, no version pointer,
-  no audit trail (the service's audit table lives in the Faiss version's SQLite). Reopen with
-  :meth:`MilvusGalleryIndex.open` (the analogue of ``GalleryIndex.load``).
+* Every change is written to Milvus at once; there is no ``save``/``load`` of a directory and no version
+  pointer (the audit trail is a second collection: milvus_audit.py). Reopen with :meth:`MilvusGalleryIndex.open`
+  (the analogue of ``GalleryIndex.load``); :meth:`reload` reads back what other processes changed.
 * Removals are real deletes (Milvus compacts by itself): ``num_tombstones`` is always 0, ``rebuild`` is a no-op.
 * ``index_type`` is a Milvus index (``"FLAT"`` exact, default; ``"HNSW"``, ``"IVF_FLAT"``, ... with
   ``index_params``), not a faiss factory string. Searches use ``search_params`` (e.g. ``{"ef": 64}``).
 * One writer at a time per collection: ids come from the ``gallery.next_id`` property, read-modified-written
-  by ``add`` under this object's lock only. Several writing processes need an outside lock (the Faiss backend
-  needs ``directory_lock`` for the same reason). Readers may be many.
+  by ``add`` under this object's lock only (re-read first by ``reload``). Several writing processes need an
+  outside lock (the Faiss backend needs ``directory_lock`` for the same reason). Readers may be many.
 
-Not wired into the service or ``src/recognition/gallery.py`` yet (they rely on the Faiss directory versions
-and its audit table); use it from Python::
+The service and ``src.recognize`` use it as ``--index <uri>`` (src/recognition/milvus_gallery.py); in Python::
 
     from src.retrieval.milvus_index import MilvusGalleryIndex
     index = MilvusGalleryIndex("milvus://db.shop:19530#gallery", dim=128, fingerprint=embedder.fingerprint)
@@ -60,15 +59,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import threading
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .index import METADATA_FIELDS, IncompatibleIndexError, SearchResult, _check_normalized, _clean_row
-from .search import as_embeddings
+from .index_base import METADATA_FIELDS, GalleryBase, SearchResult, _checked_threshold, check_match
 
 __all__ = ["MilvusGalleryIndex", "parse_milvus_uri"]
 
@@ -99,24 +95,11 @@ def _hash64(*parts: str) -> int:
     return int.from_bytes(digest[:8], "little", signed=True)
 
 
-def _check_match(stored_fp: str, stored_dim: int, fingerprint: str | None, dim: int | None, *,
-                 where: str = "") -> None:
-    """IncompatibleIndexError (same words as GalleryIndex.check_compatible, prefixed by ``where``)."""
-    prefix = f"{where}: " if where else ""
-    if fingerprint is not None and fingerprint != stored_fp:
-        raise IncompatibleIndexError(
-            f"{prefix}embedding fingerprint mismatch: index was built with {stored_fp!r}, "
-            f"queries come from {fingerprint!r}; rebuild the gallery with the current model"
-        )
-    if dim is not None and int(dim) != stored_dim:
-        raise IncompatibleIndexError(f"{prefix}embedding dim mismatch: index has dim {stored_dim}, got dim {dim}")
-
-
 def _int_list(values: Iterable[int]) -> str:
     return "[" + ", ".join(str(int(v)) for v in values) + "]"
 
 
-class MilvusGalleryIndex:
+class MilvusGalleryIndex(GalleryBase):
     """Searchable product gallery in a Milvus collection, with open-set threshold and a fingerprint.
 
     Args:
@@ -147,12 +130,8 @@ class MilvusGalleryIndex:
         chunk_size: int = 1024,
         create: bool = True,
     ) -> None:
-        if int(dim) != dim or dim < 1:
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
-        if not isinstance(fingerprint, str) or not fingerprint:
-            raise ValueError(f"fingerprint must be a non-empty string, got {fingerprint!r}")
-        if threshold is not None and not math.isfinite(threshold):
-            raise ValueError(f"threshold must be finite or None, got {threshold}")
+        super().__init__(dim, fingerprint)
+        threshold = _checked_threshold(threshold)
         from pymilvus import MilvusClient  # optional dependency: only when a Milvus gallery is opened
 
         self._uri = os.fspath(uri)
@@ -161,14 +140,12 @@ class MilvusGalleryIndex:
             os.makedirs(os.path.dirname(os.path.abspath(client_uri)), exist_ok=True)
         token = os.environ.get("MILVUS_TOKEN", "") if token is None else token
         self._client = MilvusClient(client_uri, token=token)
-        self._lock = threading.RLock()
         self._search_params = dict(search_params or {})
         self._chunk_size = int(chunk_size)
-        self._dim, self._fingerprint = int(dim), fingerprint
         try:
             if self._client.has_collection(self._collection):
                 props = self._read_properties()
-                _check_match(props["fingerprint"], props["dim"], fingerprint, dim, where=self.location)
+                check_match(props["fingerprint"], props["dim"], fingerprint, dim, where=self.location)
                 self._threshold = props["threshold"]
                 self._next_id = props["next_id"]
                 self._index_type = props["index_type"]
@@ -177,7 +154,7 @@ class MilvusGalleryIndex:
             elif not create:
                 raise FileNotFoundError(f"no gallery collection at {self.location}")
             else:
-                self._threshold = None if threshold is None else float(threshold)
+                self._threshold = threshold
                 self._next_id = 0
                 self._index_type = str(index_type)
                 self._create(index_params or {})
@@ -203,7 +180,7 @@ class MilvusGalleryIndex:
             props = cls._properties_of(client, collection, f"{uri}")
         finally:
             client.close()
-        _check_match(props["fingerprint"], props["dim"], fingerprint, dim, where=f"{uri}")
+        check_match(props["fingerprint"], props["dim"], fingerprint, dim, where=f"{uri}")
         return cls(uri, props["dim"], props["fingerprint"], create=False, **kwargs)
 
     # ------------------------------------------------------------------ collection plumbing
@@ -275,33 +252,22 @@ class MilvusGalleryIndex:
 
     # ------------------------------------------------------------------ properties
     @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def fingerprint(self) -> str:
-        return self._fingerprint
-
-    @property
     def factory(self) -> str:
         """The Milvus index type (``"FLAT"``, ``"HNSW"``, ...); named like GalleryIndex.factory."""
         return self._index_type
 
     @property
-    def threshold(self) -> float | None:
-        return self._threshold
-
-    @property
     def num_tombstones(self) -> int:
         return 0  # deletes are real
 
-    def set_threshold(self, threshold: float | None) -> None:
-        """Set the open-set threshold; stored with the collection, so every process opening it gets it."""
-        if threshold is not None and not math.isfinite(threshold):
-            raise ValueError(f"threshold must be finite or None, got {threshold}")
+    def _threshold_changed(self) -> None:
+        self._write_properties()  # stored with the collection, so every process opening it gets it
+
+    def reload(self) -> None:
+        """Read back the settings other processes may have changed: threshold and the id counter."""
         with self._lock:
-            self._threshold = None if threshold is None else float(threshold)
-            self._write_properties()
+            props = self._read_properties()
+            self._threshold, self._next_id = props["threshold"], props["next_id"]
 
     def rebuild(self) -> None:
         """No-op: Milvus removes deleted rows itself (compaction)."""
@@ -342,19 +308,6 @@ class MilvusGalleryIndex:
             raise KeyError(entry_id)
         return self._public_row(rows[0])
 
-    # ------------------------------------------------------------------ checks
-    def check_compatible(self, fingerprint: str | None = None, dim: int | None = None) -> None:
-        """Raise IncompatibleIndexError naming both values if ``fingerprint`` or ``dim`` differ."""
-        _check_match(self._fingerprint, self._dim, fingerprint, dim)
-
-    def _checked_embeddings(self, x: np.ndarray, name: str) -> np.ndarray:
-        x = np.asarray(x)
-        if x.ndim == 2:
-            self.check_compatible(dim=x.shape[1])
-        x = as_embeddings(x, name)
-        _check_normalized(x, name)
-        return x
-
     # ------------------------------------------------------------------ mutation
     def _rows_with_hashes(self, field: str, hashes: Iterable[int], fields: list[str]) -> list[dict[str, Any]]:
         hashes = sorted(set(hashes))
@@ -367,10 +320,7 @@ class MilvusGalleryIndex:
     def add(self, embeddings: np.ndarray, metadata_rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Add entries whose ``(sku, image_path)`` is new; return the id of every row (existing or new).
         Same arguments and errors as :meth:`GalleryIndex.add`."""
-        embeddings = self._checked_embeddings(embeddings, "embeddings")
-        if len(metadata_rows) != len(embeddings):
-            raise ValueError(f"{len(embeddings)} embeddings but {len(metadata_rows)} metadata rows")
-        rows = [_clean_row(row, i) for i, row in enumerate(metadata_rows)]
+        embeddings, rows = self._checked_batch(embeddings, metadata_rows)
         for row in rows:
             for field in ("sku", "image_path", "name", "category"):
                 if row[field] is not None and len(row[field].encode()) > _TEXT_MAX:
@@ -379,19 +329,9 @@ class MilvusGalleryIndex:
         key_hashes = [_hash64(*key) for key in keys]
         with self._lock:
             stored = self._rows_with_hashes("key_hash", key_hashes, ["sku", "image_path"])
-            existing = {(r["sku"], r["image_path"]): int(r["id"]) for r in stored}
-            out = np.empty(len(rows), dtype=np.int64)
-            batch_keys: dict[tuple[str, str], int] = {}
-            entities = []
-            for i, (row, key) in enumerate(zip(rows, keys)):
-                if key in existing:
-                    out[i] = existing[key]
-                elif key in batch_keys:
-                    out[i] = batch_keys[key]
-                else:
-                    out[i] = batch_keys[key] = self._next_id + len(entities)
-                    entities.append({"id": int(out[i]), "vector": embeddings[i].tolist(), **row,
-                                     "sku_hash": _hash64(row["sku"]), "key_hash": key_hashes[i]})
+            out, new = self._assign_ids(keys, {(r["sku"], r["image_path"]): int(r["id"]) for r in stored})
+            entities = [{"id": int(out[i]), "vector": embeddings[i].tolist(), **rows[i],
+                         "sku_hash": _hash64(rows[i]["sku"]), "key_hash": key_hashes[i]} for i in new]
             if entities:
                 # The id counter moves first: a crash after it wastes ids, one before the insert never reuses them.
                 self._next_id += len(entities)
@@ -400,10 +340,7 @@ class MilvusGalleryIndex:
             return out
 
     def _resolve(self, skus: Iterable[str] | None, ids: Iterable[int] | None) -> list[dict[str, Any]]:
-        if isinstance(skus, str):  # one sku, not its characters
-            skus = [skus]
-        sku_set = set() if skus is None else {str(s) for s in skus}
-        id_list = [] if ids is None else np.atleast_1d(np.asarray(ids, dtype=np.int64)).tolist()
+        sku_set, id_list = self._skus_and_ids(skus, ids)
         found: dict[int, dict[str, Any]] = {}
         if id_list:
             for r in self._client.get(self._collection, ids=sorted(set(id_list)), output_fields=["sku"]):
@@ -424,11 +361,7 @@ class MilvusGalleryIndex:
 
     def update(self, *, skus: Iterable[str], **fields: Any) -> int:
         """Set ``name``/``category``/``price`` on every entry of these skus; return how many entries."""
-        bad = set(fields) - {"name", "category", "price"}
-        if bad:
-            raise ValueError(f"only name, category and price can be updated, not {sorted(bad)}")
-        if "price" in fields and fields["price"] is not None:
-            fields["price"] = float(fields["price"])
+        fields = self._update_fields(fields)
         with self._lock:
             ids = [int(r["id"]) for r in self._resolve(skus, None)]
             if not ids:
@@ -442,15 +375,11 @@ class MilvusGalleryIndex:
             return len(rows)
 
     # ------------------------------------------------------------------ search
-    def search(self, queries: np.ndarray, k: int, *, fingerprint: str | None = None) -> SearchResult:
-        """Top-``k`` entries per query by cosine similarity; same result as :meth:`GalleryIndex.search`."""
-        if int(k) != k or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        k = int(k)
+    def _check_k(self, k: int) -> None:
         if k > _TOPK_MAX:
             raise ValueError(f"k={k} is more than Milvus returns per query ({_TOPK_MAX})")
-        self.check_compatible(fingerprint=fingerprint)
-        queries = self._checked_embeddings(queries, "queries")
+
+    def _search(self, queries: np.ndarray, k: int) -> SearchResult:
         nq = len(queries)
         ids = np.full((nq, k), -1, dtype=np.int64)
         scores = np.full((nq, k), -np.inf, dtype=np.float32)
@@ -466,7 +395,4 @@ class MilvusGalleryIndex:
                     metadata[qi][j] = self._public_row({"id": hit["id"], **hit["entity"]})
         if nq and (ids < 0).all() and len(self) == 0:
             raise ValueError("gallery index is empty: add products before searching")
-        accepted = ids >= 0
-        if threshold is not None:
-            accepted &= scores.astype(np.float64) >= threshold  # float64, as in GalleryIndex.search
-        return SearchResult(ids=ids, scores=scores, accepted=accepted, metadata=metadata)
+        return self._result(ids, scores, metadata, threshold)

@@ -18,7 +18,7 @@ from typing import Sequence
 import faiss
 import numpy as np
 
-__all__ = ["as_embeddings", "build_index", "drop_and_compact", "knn_search", "l2_normalize"]
+__all__ = ["as_embeddings", "build_index", "drop_and_compact", "knn_search", "l2_normalize", "new_index", "train_index"]
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -40,24 +40,44 @@ def as_embeddings(x: np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
+def new_index(dim: int, factory: str = "Flat", *, own_ids: bool = False) -> faiss.Index:
+    """An empty inner-product faiss index from a factory string ("Flat", "HNSW32", "IVF256,PQ16", ...).
+
+    ``own_ids``: labels will be the caller's int64 ids (``add_with_ids``). IVF stores ids itself; other types
+    are wrapped in ``IndexIDMap2`` (not ``IndexIDMap`` around IVF: IVF does not renumber on removal, the map
+    assumes it does). A string faiss rejects is a ValueError naming it."""
+    metric = faiss.METRIC_INNER_PRODUCT
+    try:
+        index = faiss.index_factory(dim, factory, metric)
+    except RuntimeError as err:
+        raise ValueError(f"invalid faiss factory string {factory!r} for dim {dim}: {err}") from err
+    if own_ids and not factory.startswith("IDMap") and faiss.try_extract_index_ivf(index) is None:
+        index = faiss.index_factory(dim, "IDMap2," + factory, metric)
+    return index
+
+
+def train_index(index: faiss.Index, vectors: np.ndarray, factory: str) -> None:
+    """Train ``index`` on ``vectors`` if its type needs it (IVF, PQ); faiss' C++-flavoured refusal becomes a
+    ValueError that says what to change."""
+    if index.is_trained:
+        return
+    try:
+        index.train(vectors)  # IndexShards.train trains every shard on the same data
+    except RuntimeError as err:
+        raise ValueError(
+            f"cannot train faiss index {factory!r} on {len(vectors)} vectors: {err}. Add more vectors (a gallery "
+            "index trains on its first batch), or use fewer IVF lists / PQ centroids or a 'Flat' index."
+        ) from err
+
+
 def build_index(gallery: np.ndarray, factory: str = "Flat") -> faiss.Index:
     """Build an inner-product faiss index from a factory string ("Flat", "HNSW32", "IVF256,PQ16", ...),
     train it on ``gallery`` if the type needs training, and add ``gallery`` (row i gets id i)."""
     gallery = as_embeddings(gallery, "gallery")
     if len(gallery) == 0:
         raise ValueError("gallery is empty: nothing to search")
-    if factory == "Flat":
-        index = faiss.IndexFlatIP(gallery.shape[1])
-    else:
-        index = faiss.index_factory(gallery.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
-    if not index.is_trained:
-        try:
-            index.train(gallery)
-        except RuntimeError as err:  # faiss' message is C++-flavoured; say what to change
-            raise ValueError(
-                f"cannot train faiss index '{factory}' on {len(gallery)} gallery vectors: {err}. "
-                "Use fewer IVF lists / PQ centroids or a 'Flat' index for small galleries."
-            ) from err
+    index = new_index(gallery.shape[1], factory)
+    train_index(index, gallery, factory)
     index.add(gallery)
     return index
 
@@ -108,7 +128,7 @@ def knn_search(
             populated faiss index.
         k: neighbours per query (``k > ng`` pads with ``-1`` / ``-inf``).
         chunk_size: queries per faiss call; memory is ``O(chunk_size * k)``, never ``nq x ng``.
-        index: ``None`` -> exact ``IndexFlatIP``; a factory string ("HNSW32", "IVF256,PQ16") -> built
+        index: ``None`` -> exact ``"Flat"`` (inner product); a factory string ("HNSW32", "IVF256,PQ16") -> built
             with ``METRIC_INNER_PRODUCT`` and trained on ``gallery``; a faiss index -> used as is if it
             holds vectors, else ``gallery`` is added to it (training it first if needed). Its metric
             must be inner product and its labels must be gallery row numbers.

@@ -88,3 +88,55 @@ def test_ema_with_zero_decay_equals_final_weights(tmp_path):
 def test_bad_window():
     with pytest.raises(ValueError):
         LastEpochsAverage(num_epochs=0)
+
+
+class _Trajectory(L.Callback):
+    """The net's weights at the start and after every optimizer step."""
+
+    def __init__(self):
+        self.states = []
+
+    def on_train_start(self, trainer, pl_module):
+        self.states.append({k: v.detach().clone() for k, v in pl_module.net.state_dict().items()})
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        self.on_train_start(trainer, pl_module)
+
+
+def _fit_plain(tmp_path, callback):
+    trajectory = _Trajectory()
+    trainer = L.Trainer(default_root_dir=str(tmp_path), accelerator="cpu", max_epochs=2, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        enable_checkpointing=False, callbacks=[trajectory, callback])
+    model = system()
+    trainer.fit(model, loader(shuffle=False))
+    return model, trajectory.states
+
+
+def test_ema_weights_after_n_steps_equal_hand_computed_and_lightnings_ema(tmp_path):
+    """EMA without decay warmup: the first update copies the weights after step 1, every later one is
+    ema = d * ema + (1 - d) * w (float tensors; integer buffers are copied). Lightning's EMAWeightAveraging gives
+    the same float weights; it is not used because it puts the average into validation, into every checkpoint
+    and into the model at the end of fit, where this callback leaves training, model selection and the saved
+    checkpoints on the trained weights and writes the average to its own ema.ckpt (and it has no decay warmup)."""
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    decay = 0.5
+    cb = EMAWeights(decay=decay, warmup=False, dirpath=str(tmp_path / "ours"))
+    model, states = _fit_plain(tmp_path / "ours", cb)
+    assert len(states) == 1 + 8  # 16 samples / batch 4, 2 epochs
+    by_hand = {k: v.double() for k, v in states[1].items()}
+    for s in states[2:]:
+        by_hand = {k: decay * v + (1 - decay) * s[k].double() if torch.is_floating_point(s[k]) else s[k]
+                   for k, v in by_hand.items()}
+    ema = torch.load(cb.path, weights_only=True)["state_dict"]
+    for k, v in by_hand.items():
+        assert torch.allclose(ema[f"net.{k}"].double(), v.double(), rtol=0, atol=1e-6), k
+    assert torch.equal(model.net[0].weight, states[-1]["0.weight"])  # the model keeps its trained weights
+
+    lightning_model, lightning_states = _fit_plain(tmp_path / "lightning", EMAWeightAveraging(decay=decay))
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(states, lightning_states) for k in a)  # same training
+    for k, v in lightning_model.net.state_dict().items():
+        if torch.is_floating_point(v):
+            assert torch.allclose(ema[f"net.{k}"], v, rtol=0, atol=1e-6), k
+    assert not torch.equal(lightning_model.net[0].weight, states[-1]["0.weight"])  # Lightning's: the average

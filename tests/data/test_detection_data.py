@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import RandomSampler, SequentialSampler
+from torchvision.transforms.v2 import Compose, RandomHorizontalFlip
 
 from src.data.images import shorter_side_shape
 from src.data import keys
 from src.data.detection import (GroupedBatchSampler, CocoDetectionDataset, DetectionDataModule,
                                 orientation_groups, collate_detection, scale_boxes)
-from src.data.detection_transforms import (Compose, RandomHorizontalFlip, RandomShortestSideResize, ToTensor,
-                                           eval_transforms, train_transforms)
+from src.data.detection_transforms import RandomShortestSideResize, ToTensor, eval_transforms, train_transforms
 from src.data.readers import DataFormatError
 from src.data.video import VideoReadError, read_video_frames
 
@@ -49,13 +49,19 @@ def _mean_inside(img: np.ndarray, box, margin: float) -> np.ndarray:
 
 # ---- (c) boxes stay on the objects --------------------------------------------------------------------------
 
+def _flip(p: float) -> tuple:
+    """torchvision's flip on the canvas as ToTensor hands it on; the image back as 0..255 HxWx3 to compare."""
+    img, t = RandomHorizontalFlip(p=p)(*ToTensor()(_canvas(), _target()))
+    return (img.permute(1, 2, 0).numpy() * 255).round(), {**t, "boxes": t["boxes"].numpy()}
+
+
 def test_flip_moves_boxes_with_pixels():
-    img, t = RandomHorizontalFlip(p=1.0)(_canvas(), _target())
+    img, t = _flip(p=1.0)
     expected = np.array([[W - x2, y1, W - x1, y2] for (x1, y1, x2, y2), _ in RECTS], np.float32)
     np.testing.assert_array_equal(t["boxes"], expected)
     for box, (_, colour) in zip(t["boxes"], RECTS):
         np.testing.assert_allclose(_mean_inside(img, box, 0), colour)  # exact: a flip does not resample
-    img, t = RandomHorizontalFlip(p=0.0)(_canvas(), _target())
+    img, t = _flip(p=0.0)
     np.testing.assert_array_equal(t["boxes"], _target()["boxes"])
 
 
@@ -274,3 +280,37 @@ def test_compose_and_to_tensor_keep_extra_keys():
     tf = Compose([RandomShortestSideResize([45]), ToTensor()])
     img, t = tf(_canvas(), {**_target(), "ann_ids": [1, 2, 3]})
     assert img.shape == (3, 45, 75) and t["ann_ids"] == [1, 2, 3] and t["boxes"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("hflip_prob", [0.5, 0.0])
+def test_train_transforms_equal_a_hand_computed_pipeline(hflip_prob):
+    """Same seed, same draws (size from torch.randint, then the flip from torch.rand unless p=0), same pixels and
+    boxes bit for bit as resizing with src.data.images and flipping / scaling by hand."""
+    from src.data.images import resize_to
+
+    sizes, max_size = [40, 56, 70], 100
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(90, 150), (61, 47), (33, 120)] * 4]
+    boxes = [np.sort(rng.uniform(-2, max(im.shape[:2]) + 2, (k, 4)).astype(np.float32).reshape(k, 2, 2), axis=1)
+             .transpose(0, 2, 1).reshape(k, 4) for k, im in zip([0, 1, 3] * 4, images)]  # some outside the image
+    tf = train_transforms(sizes, max_size, hflip_prob)
+    torch.manual_seed(3)
+    got = [tf(im, {"boxes": b, "labels": np.arange(len(b)), "ann_ids": list(range(len(b)))})
+           for im, b in zip(images, boxes)]
+    rng_after = torch.get_rng_state()
+    torch.manual_seed(3)
+    for (img, t), im, b in zip(got, images, boxes):
+        size = sizes[int(torch.randint(len(sizes), ()).item())]
+        oh, ow = shorter_side_shape(*im.shape[:2], size, max_size)
+        ref = resize_to(im, oh, ow)
+        ref_boxes = b * np.array([ow / im.shape[1], oh / im.shape[0]] * 2, np.float32)
+        if hflip_prob > 0 and torch.rand(()).item() < hflip_prob:
+            ref = ref[:, ::-1]
+            ref_boxes = np.stack([ow - ref_boxes[:, 2], ref_boxes[:, 1], ow - ref_boxes[:, 0], ref_boxes[:, 3]], 1)
+        ref = torch.from_numpy(np.ascontiguousarray(ref.transpose(2, 0, 1))).float().div_(255)
+        assert type(img) is torch.Tensor and type(t["boxes"]) is torch.Tensor
+        assert torch.equal(img, ref)
+        assert torch.equal(t["boxes"], torch.from_numpy(ref_boxes.astype(np.float32)).reshape(-1, 4))
+        np.testing.assert_array_equal(t["labels"], np.arange(len(b)))
+        assert t["ann_ids"] == list(range(len(b)))
+    assert torch.equal(torch.get_rng_state(), rng_after)  # no other draws (p=0: none for the flip)

@@ -10,7 +10,7 @@ import pytest
 import timm
 import torch
 
-from src.inference.onnx import OrtClassifier, export_onnx
+from src.inference.onnx import OrtModel, export_onnx
 from src.nn.fuse import fuse_conv_bn
 from tests.bn_helpers import randomize_bn
 
@@ -32,7 +32,7 @@ def test_onnx_runtime_matches_pytorch(tmp_path, model_and_data, fuse):
     model, x, eager, rounding = model_and_data
     net = fuse_conv_bn(model, x[:1])[0] if fuse else model
     path = export_onnx(net, tmp_path / "m.onnx", 64)
-    got = OrtClassifier(path, threads=1)(x)  # dynamic batch: exported with batch 1, run with 3
+    got = OrtModel(path, threads=1)(x)  # dynamic batch: exported with batch 1, run with 3
     assert got.shape == (3, 7)
     assert np.abs(got - eager.numpy()).max() <= 8 * rounding + 1e-5
 

@@ -13,7 +13,7 @@ from torch import nn
 from src.data.retail_world import photometric as ph
 from src.data.retail_world.catalogue import SKU, make_catalogue
 from src.data.retail_world.render import render_package
-from src.recognition.embedder import Embedder
+from src.inference.embedder import Embedder
 from src.recognition.gallery import ProductImage
 
 CATALOGUE = make_catalogue(8, 2, 0)  # the tests' tiny world: 8 families x 2 look-alike variants
@@ -78,12 +78,14 @@ def counter_photo(skus: list[SKU], seed: int = 0, size: tuple[int, int] = (240, 
 
 def write_tiny_checkpoint(path: Path, tmp_dir: Path, image_size: int = 32, embedding_dim: int = 32,
                           gallery_views: list[str] | None = None) -> Path:
-    """An EmbeddingSystem checkpoint with the keys src.train writes (state_dict + resolved hydra_config),
-    random weights, built from conf/ (demo_retrieval with a 0.1M-parameter timm test backbone)."""
+    """An EmbeddingSystem checkpoint with the keys src.train writes (state_dict, resolved hydra_config and the
+    inference settings), random weights, built from conf/ (demo_retrieval with a 0.1M-parameter timm test
+    backbone)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from src.utils.checkpoint import CONFIG_KEY
+    from src.inference.checkpoint import CONFIG_KEY, settings_from_config
+    from src.inference.settings import CHECKPOINT_KEY
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg("train", ["experiment=demo_retrieval", "trainer=cpu", "logger=csv",
@@ -96,8 +98,9 @@ def write_tiny_checkpoint(path: Path, tmp_dir: Path, image_size: int = 32, embed
               "data": {"image_size": image_size,
                        "eval_transform": OmegaConf.to_container(cfg.data.eval_transform, resolve=True)}}
     if gallery_views is not None:
-        config["recognition"] = {"gallery_views": list(gallery_views)}
-    torch.save({"state_dict": system.state_dict(), CONFIG_KEY: config}, path)
+        config["inference"] = {"gallery_views": list(gallery_views)}
+    settings = settings_from_config(config, "embedder").to_dict()
+    torch.save({"state_dict": system.state_dict(), CONFIG_KEY: config, CHECKPOINT_KEY: settings}, path)
     return path
 
 
@@ -109,7 +112,7 @@ class BlobDetector:
         self.background, self.tolerance, self.min_area = background, tolerance, min_area
 
     def detect(self, image: np.ndarray):
-        from src.recognition.detector import Detections
+        from src.inference.detector import Detections
 
         diff = np.abs(image.astype(np.int16) - self.background).max(axis=2) > self.tolerance
         mask = cv2.morphologyEx(diff.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))

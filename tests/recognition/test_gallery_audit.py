@@ -11,7 +11,7 @@ from datetime import datetime
 import pytest
 
 from src.recognition.gallery import Gallery, ProductImage
-from src.retrieval.index import current_version, read_audit
+from src.retrieval.gallery_store import current_version, read_audit
 from tests.recognition.conftest import FAMILY_HEADS
 from tests.recognition.helpers import CATALOGUE, studio_shot
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from src.data.retail_world.live import LiveSpec, ensure_live
-from src.recognition.embedder import Embedder
+from src.inference.embedder import Embedder
 from src.recognition.live import (
     LiveConfig,
     OracleLiveDetector,

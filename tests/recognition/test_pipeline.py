@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from src.recognition.detector import Detections
+from src.inference.detector import Detections
 from src.recognition.gallery import Gallery
 from src.recognition.pipeline import RecognitionPipeline
 from tests.recognition.conftest import FAMILY_HEADS

@@ -112,3 +112,27 @@ def test_match_live_thresholds_come_from_the_detector_recipe_unless_given():
         parse(base + ["--strategy", "per_item"])
     with pytest.raises(ValueError, match="image_box_threshold must be in"):
         live_config(parse(base + ["--image-threshold", "1.5"]))
+
+
+def test_the_commands_on_a_milvus_collection(tmp_path, tiny_ckpt, capsys):
+    pytest.importorskip("milvus_lite")
+    from src.retrieval.milvus_audit import MilvusAuditLog
+    from src.retrieval.milvus_index import MilvusGalleryIndex
+
+    lst = write_list(tmp_path, FAMILY_HEADS[:4])
+    val = write_list(tmp_path, FAMILY_HEADS[:4], name="val.txt", views=2)
+    uri = f"{tmp_path / 'shop.db'}#store_1"
+    common = ["--index", uri, "--embedder", tiny_ckpt]
+    out = run(capsys, "build", *common, "--images", lst, "--root", tmp_path, "--catalogue", tmp_path / "catalogue.json",
+              "--val-images", val, "--val-root", tmp_path, "--target-far", 0.5)
+    assert out["images"] == 4 and out["products"] == 4 and out["added"] == 4
+    with pytest.raises(SystemExit, match="already holds 4 images"):
+        main(["build", *map(str, common), "--images", str(lst), "--root", str(tmp_path)])
+    counter = tmp_path / "counter.jpg"
+    counter.write_bytes(ph.jpeg_bytes(counter_photo(FAMILY_HEADS[:2], 0)[0], 95))
+    assert set(run(capsys, "checkout", *common, "--image", counter)) >= {"items", "unknown", "total", "complete"}
+    assert run(capsys, "remove", "--index", uri, "--sku", str(FAMILY_HEADS[0].sku_id)) == {"removed": 1, "count": 3}
+    with MilvusGalleryIndex.open(uri) as index:
+        assert len(index) == 3 and index.threshold == out["threshold"]["threshold"]
+    total, rows = MilvusAuditLog(uri).read()
+    assert total == 5 and rows[0]["action"] == "remove" and rows[0]["key_id"] == "cli"

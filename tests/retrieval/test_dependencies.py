@@ -9,7 +9,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_retrieval_imports_no_framework():
     code = (
-        "import sys, src.retrieval, src.retrieval.live_matching\n"
+        "import sys, src.retrieval, src.retrieval.live_matching, src.retrieval.live_scoring\n"
+        "import src.retrieval.gallery_store, src.retrieval.milvus_index\n"
         "bad = [m for m in ('torch', 'lightning', 'pytorch_lightning', 'hydra', 'omegaconf') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

@@ -8,8 +8,9 @@ import faiss
 import numpy as np
 import pytest
 
-import src.retrieval.index as gallery_index
-from src.retrieval.index import GalleryIndex, IncompatibleIndexError
+import src.retrieval.gallery_store as gallery_store
+from src.retrieval.index import GalleryIndex
+from src.retrieval.index_base import IncompatibleIndexError
 from src.retrieval.milvus_index import MilvusGalleryIndex
 from src.retrieval.search import knn_search, l2_normalize
 from src.retrieval.threshold import threshold_for_far
@@ -298,7 +299,7 @@ def test_save_crash_in_process_keeps_previous_version(tmp_path, monkeypatch):
             raise OSError("No space left on device")
         np.save(path, arr)
 
-    monkeypatch.setattr(gallery_index, "_save_npy", failing_save_npy)
+    monkeypatch.setattr(gallery_store, "_save_npy", failing_save_npy)
     with pytest.raises(OSError, match="No space left"):
         index.save(root)
     assert sorted(p.name for p in root.iterdir()) == listing  # temp directory cleaned up
@@ -306,15 +307,15 @@ def test_save_crash_in_process_keeps_previous_version(tmp_path, monkeypatch):
 
 
 KILL_SCRIPT = r"""
-import sys, time
+import importlib, sys, time
 import numpy as np
-import src.retrieval.index as gi
+from src.retrieval.index import GalleryIndex
 
-root, func, pause_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
-index = gi.GalleryIndex.load(root)
+root, module, func, pause_at = sys.argv[1], importlib.import_module(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+index = GalleryIndex.load(root)
 x = np.random.default_rng(1).normal(size=(50, index.dim))
 index.add((x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), [{"sku": f"n{i}"} for i in range(50)])
-real, calls = getattr(gi, func), []
+real, calls = getattr(module, func), []
 
 def paused(*args):
     real(*args)
@@ -323,28 +324,28 @@ def paused(*args):
         print("PAUSED", flush=True)
         time.sleep(120)
 
-setattr(gi, func, paused)
+setattr(module, func, paused)
 index.save(root)
 """
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
-    "func, pause_at, survives",
+    "module, func, pause_at, survives",
     [
-        ("_save_npy", 1, True),  # killed between vectors.npy and ids.npy
-        ("_fsync_dir", 1, True),  # temp directory complete, not yet renamed
-        ("_fsync_dir", 2, True),  # renamed to v-..., CURRENT not yet swapped
-        ("_fsync_dir", 3, False),  # after the swap: the new version is live (the harness can tell)
+        ("src.retrieval.gallery_store", "_save_npy", 1, True),  # killed between vectors.npy and ids.npy
+        ("src.utils.io", "fsync_dir", 1, True),  # temp directory complete, not yet renamed
+        ("src.utils.io", "fsync_dir", 2, True),  # renamed to v-..., CURRENT not yet swapped
+        ("src.utils.io", "fsync_dir", 3, False),  # after the swap: the new version is live (the harness can tell)
     ],
 )
-def test_save_killed_midway_leaves_old_index_loadable(tmp_path, func, pause_at, survives):
+def test_save_killed_midway_leaves_old_index_loadable(tmp_path, module, func, pause_at, survives):
     index, _ = _gallery("Flat", n=100)
     root = tmp_path / "g"
     index.save(root)
     before = index.search(_queries(), 5)
     proc = subprocess.Popen(
-        [sys.executable, "-c", KILL_SCRIPT, str(root), func, str(pause_at)],
+        [sys.executable, "-c", KILL_SCRIPT, str(root), module, func, str(pause_at)],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
         stdout=subprocess.PIPE,

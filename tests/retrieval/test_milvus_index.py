@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from pymilvus import DataType, MilvusClient
 
-from src.retrieval.index import IncompatibleIndexError
+from src.retrieval.index_base import IncompatibleIndexError
 from src.retrieval.milvus_index import MilvusGalleryIndex, parse_milvus_uri
 from src.retrieval.search import l2_normalize
 

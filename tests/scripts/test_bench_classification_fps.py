@@ -38,7 +38,7 @@ def test_table_row_for_an_experiment(tmp_path):
 
 
 def test_lite0_classifier_onnx_matches_eager(tmp_path):
-    from src.inference.onnx import OrtClassifier, export_onnx
+    from src.inference.onnx import OrtModel, export_onnx
     from src.nn.fuse import fuse_conv_bn
 
     net, _ = script().experiment_net("lite0_style", ["model.net.backbone.pretrained=true"])
@@ -46,7 +46,7 @@ def test_lite0_classifier_onnx_matches_eager(tmp_path):
     x = torch.randn(3, 3, 64, 64)
     fused, pairs = fuse_conv_bn(net, x[:1])
     assert len(pairs) > 40  # every conv -> BN of the Lite0 blocks
-    ort = OrtClassifier(export_onnx(fused, tmp_path / "lite0.onnx", 64), threads=1)
+    ort = OrtModel(export_onnx(fused, tmp_path / "lite0.onnx", 64), threads=1)
     with torch.no_grad():
         eager = net(x).numpy()
     # Folding BN and ORT's kernels reorder float32 sums: agreement to ~1e-4 of logits of order 1-10.

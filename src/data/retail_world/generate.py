@@ -19,7 +19,6 @@ and queries). Same spec, same bytes: every image draws from its own RNG seeded b
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src.data.generate_once import generate_once
+from src.data.generate_once import generate_once, spec_tag
 from src.data.retail_world import photometric as ph
 from src.data.retail_world.catalogue import CATEGORIES, make_catalogue
 from src.data.retail_world.scenes import counter_scene
@@ -77,8 +76,7 @@ class WorldSpec:
 
     @property
     def tag(self) -> str:
-        blob = json.dumps({"version": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)
-        return f"v{GENERATOR_VERSION}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+        return spec_tag("v", GENERATOR_VERSION, self)
 
 
 def _rng(spec: WorldSpec, kind: str, idx: int) -> np.random.Generator:

@@ -21,7 +21,6 @@ Same spec, same bytes (apart from the video container): every draw comes from an
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from src.data.generate_once import generate_once
+from src.data.generate_once import generate_once, spec_tag
 from src.data.retail_world import photometric as ph
 from src.data.retail_world.catalogue import SKU, make_catalogue
 from src.data.retail_world.render import render_package
@@ -69,8 +68,7 @@ class LiveSpec:
 
     @property
     def tag(self) -> str:
-        blob = json.dumps({"version": LIVE_VERSION, **asdict(self)}, sort_keys=True)
-        return f"live{LIVE_VERSION}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+        return spec_tag("live", LIVE_VERSION, self)
 
 
 def _rng(spec: LiveSpec, kind: str, idx: int) -> np.random.Generator:

@@ -7,14 +7,7 @@ import numpy as np
 from src.data.retail_world import photometric as ph
 from src.data.retail_world.catalogue import SKU
 from src.data.retail_world.render import render_package
-
-
-def _iou(a, b) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+from src.utils.boxes import box_iou
 
 
 def counter_scene(
@@ -38,7 +31,7 @@ def counter_scene(
                 continue
             x, y = int(rng.integers(2, w - sw - 2)), int(rng.integers(2, h - sh - 2))
             box = (x, y, x + sw, y + sh)
-            if all(_iou(box, b) < 0.15 for b in boxes):
+            if all(box_iou(box, b) < 0.15 for b in boxes):
                 ph.paste_rgba(img, sprite, x, y)
                 boxes.append(box)
                 objects.append({"bbox": [x, y, sw, sh], "sku_id": sku.sku_id, "category": sku.category})

@@ -1,11 +1,12 @@
 """Crops -> L2-normalised embeddings, with the exact eval preprocessing the model was trained with.
 
-`Embedder.from_checkpoint(ckpt)` rebuilds the network and the eval transform from the resolved Hydra config
-that src.train stores in every checkpoint, so a gallery is always queried with the same preprocessing it was
-built with. `fingerprint` = sha256 of the network's weights and the preprocessing config: GalleryIndex
-refuses searches whose fingerprint differs (another model, or the same model with another resize).
-Gallery images may be enrolled through views (src/recognition/gallery_views.py, the checkpoint config's
-``recognition.gallery_views``); the views are part of the fingerprint, so a gallery never mixes policies.
+`load_embedder(path)` takes a src.train checkpoint (the network and the `inference:` settings stored in it) or
+an exported ONNX file (run by ONNX Runtime, settings from the file next to it), so a gallery is always queried
+with the preprocessing it was built with. `fingerprint` = sha256 of the network's weights and the eval
+transform: GalleryIndex refuses searches whose fingerprint differs (another model, or the same model with
+another resize). An ONNX export carries its checkpoint's fingerprint: either can search the other's gallery.
+Gallery images may be enrolled through views (src/inference/gallery_views.py, ``inference.gallery_views``);
+the views are part of the fingerprint, so a gallery never mixes policies.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import torch
 from torch import nn
 
 from src.data.images import check_rgb_image
-from src.recognition.gallery_views import check_views, render_views
+from src.inference.settings import InferenceSettings, read_sidecar
+from src.inference.gallery_views import check_views, render_views
 
-__all__ = ["Embedder", "albumentations_preprocess", "compute_fingerprint"]
+__all__ = ["Embedder", "compute_fingerprint", "load_embedder"]
 
 Preprocess = Callable[[np.ndarray], torch.Tensor]
 
@@ -41,26 +43,18 @@ def compute_fingerprint(net: nn.Module, preprocess_config: Mapping[str, Any] | s
     return h.hexdigest()
 
 
-def albumentations_preprocess(transform: Callable) -> Preprocess:
-    """Adapt an albumentations Compose ending in ToTensorV2 to `crop -> CHW float tensor`."""
-
-    def run(image: np.ndarray) -> torch.Tensor:
-        return transform(image=image)["image"]
-
-    return run
-
-
 class Embedder:
     """Embeds lists of RGB uint8 crops in batches.
 
     Args:
-        net: maps a float batch ``[B, 3, H, W]`` to L2-normalised embeddings ``[B, D]`` (EmbeddingNet does).
+        net: maps a float batch ``[B, 3, H, W]`` to L2-normalised embeddings ``[B, D]``: an nn.Module
+            (EmbeddingNet) run by torch, or any callable on float32 arrays (src.inference.onnx.OrtModel).
         preprocess: one crop (RGB uint8 HxWx3) -> CHW float tensor.
         fingerprint: identifies net + preprocessing (see :func:`compute_fingerprint`).
         dim: embedding size; read from ``net.embedding_dim`` when omitted, else found on the first call.
         device: where the net runs.
         batch_size: crops per forward pass.
-        gallery_views: names of src.recognition.gallery_views.GALLERY_VIEWS; :meth:`embed_gallery` enrols an
+        gallery_views: names of src.inference.gallery_views.GALLERY_VIEWS; :meth:`embed_gallery` enrols an
             image as the mean embedding of the image and these views. Non-empty views extend the fingerprint.
     """
 
@@ -72,7 +66,7 @@ class Embedder:
         if not fingerprint:
             raise ValueError("fingerprint must be a non-empty string")
         self.device = torch.device(device)
-        self.net = net.to(self.device).eval()
+        self.net = net.to(self.device).eval() if isinstance(net, nn.Module) else net
         self.preprocess = preprocess
         self.gallery_views = check_views(gallery_views)
         if self.gallery_views:
@@ -82,36 +76,16 @@ class Embedder:
         self.batch_size = int(batch_size)
         self._dim = dim if dim is not None else getattr(net, "embedding_dim", None)
 
-    @classmethod
-    def from_checkpoint(cls, ckpt: str | os.PathLike, device: str = "cpu", batch_size: int = 64,
-                        gallery_views: Sequence[str] | None = None) -> "Embedder":
-        """An EmbeddingSystem checkpoint written by src.train (its config holds data.eval_transform).
-        ``gallery_views`` None: the config's ``recognition.gallery_views`` (none if absent)."""
-        from hydra.utils import instantiate
-        from omegaconf import OmegaConf
-
-        from src.utils.checkpoint import load_system
-
-        system, cfg = load_system(Path(ckpt))
-        net = getattr(system, "net", None)
-        if net is None:
-            raise ValueError(f"{ckpt}: {type(system).__name__} has no `net` embedding network "
-                             "(expected an EmbeddingSystem checkpoint)")
-        transform_cfg = OmegaConf.select(cfg, "data.eval_transform")
-        if transform_cfg is None:
-            raise KeyError(f"{ckpt}: its config has no data.eval_transform; cannot rebuild the preprocessing")
-        transform_dict = OmegaConf.to_container(transform_cfg, resolve=True)
-        preprocess = albumentations_preprocess(instantiate(transform_cfg))
-        if gallery_views is None:
-            gallery_views = OmegaConf.select(cfg, "recognition.gallery_views", default=None) or ()
-        return cls(net, preprocess, compute_fingerprint(net, transform_dict), device=device, batch_size=batch_size,
-                   gallery_views=list(gallery_views))
-
     @property
     def dim(self) -> int:
         if self._dim is None:  # an arbitrary net: find out once with a dummy crop
             self._dim = int(self.embed([np.zeros((8, 8, 3), np.uint8)]).shape[1])
         return int(self._dim)
+
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.net, nn.Module):
+            return self.net(batch.to(self.device, torch.float32)).float()
+        return torch.from_numpy(np.asarray(self.net(batch.numpy().astype(np.float32)), np.float32))
 
     @torch.inference_mode()
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
@@ -128,8 +102,7 @@ class Embedder:
         for positions in groups.values():
             for start in range(0, len(positions), self.batch_size):
                 chunk = positions[start:start + self.batch_size]
-                batch = torch.stack([tensors[i] for i in chunk]).to(self.device, torch.float32)
-                emb = self.net(batch).float()
+                emb = self._run(torch.stack([tensors[i] for i in chunk]))
                 # Re-normalise: the index rejects non-unit vectors, and fp error or a net without a final
                 # normalisation would otherwise fail there with a less obvious message.
                 emb = torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
@@ -150,3 +123,31 @@ class Embedder:
         flat = self.embed([v for im in images for v in render_views(im, self.gallery_views)])
         mean = flat.reshape(len(images), n_views, -1).mean(axis=1)
         return (mean / np.linalg.norm(mean, axis=1, keepdims=True).clip(min=1e-12)).astype(np.float32)
+
+
+def load_embedder(path: str | os.PathLike, *, device: str = "cpu", batch_size: int = 64,
+                  gallery_views: Sequence[str] | None = None, threads: int | None = None) -> Embedder:
+    """An Embedder from a src.train checkpoint (``.ckpt``) or an exported ONNX file (``.onnx`` + its
+    ``.inference.json``). ``gallery_views`` None: the model's ``inference.gallery_views``; ``threads``: ONNX
+    Runtime's intra-op threads (None: its default)."""
+    if Path(path).suffix == ".onnx":
+        from src.inference.onnx import OrtModel
+
+        settings = read_sidecar(path)
+        _expect(settings, path)
+        if not settings.fingerprint:
+            raise ValueError(f"{path}: its inference settings hold no fingerprint (re-export it)")
+        net, fingerprint = OrtModel(path, threads=threads), settings.fingerprint
+    else:
+        from src.inference.checkpoint import load_network
+
+        net, settings = load_network(path, "embedder")
+        fingerprint = compute_fingerprint(net, settings.transform_identity())
+    views = settings.gallery_views if gallery_views is None else gallery_views
+    return Embedder(net, settings.preprocess(), fingerprint, dim=getattr(net, "embedding_dim", None), device=device,
+                    batch_size=batch_size, gallery_views=list(views))
+
+
+def _expect(settings: InferenceSettings, path) -> None:
+    if settings.kind != "embedder":
+        raise ValueError(f"{path} holds a {settings.kind}, not an embedder")

@@ -1,4 +1,5 @@
-"""Completing optimizer/scheduler partials from config inside `configure_optimizers`."""
+"""The body of `configure_optimizers`: completing the optimizer/scheduler partials from config (conf/optimizer,
+conf/scheduler) with the parameters or parameter groups, and the backbone/head groups."""
 
 from __future__ import annotations
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from src.recognition.embedder import Embedder
+from src.inference.embedder import load_embedder
 from src.recognition.gallery import Gallery
-from src.recognition.gallery_views import GALLERY_VIEWS, render_views
-from src.retrieval.index import IncompatibleIndexError
+from src.inference.gallery_views import GALLERY_VIEWS, render_views
+from src.retrieval.index_base import IncompatibleIndexError
 from tests.recognition.helpers import CATALOGUE, studio_entry, studio_shot, write_tiny_checkpoint
 
 ALL_VIEWS = ["rotate+15", "rotate-15", "soften", "darken"]
@@ -30,8 +30,8 @@ def test_views_on_a_known_image():
 
 
 def test_enrolment_is_the_normalised_mean_over_the_views(tmp_path):
-    plain = Embedder.from_checkpoint(write_tiny_checkpoint(tmp_path / "a.ckpt", tmp_path))
-    viewed = Embedder.from_checkpoint(write_tiny_checkpoint(tmp_path / "b.ckpt", tmp_path, gallery_views=ALL_VIEWS))
+    plain = load_embedder(write_tiny_checkpoint(tmp_path / "a.ckpt", tmp_path))
+    viewed = load_embedder(write_tiny_checkpoint(tmp_path / "b.ckpt", tmp_path, gallery_views=ALL_VIEWS))
     assert viewed.gallery_views == tuple(ALL_VIEWS) and plain.gallery_views == ()
     images = [studio_shot(CATALOGUE[0]), studio_shot(CATALOGUE[3])]
     # Queries are embedded as they are, by either embedder.
@@ -48,9 +48,9 @@ def test_enrolment_is_the_normalised_mean_over_the_views(tmp_path):
 
 
 def test_view_policy_is_in_the_fingerprint(tmp_path):
-    plain = Embedder.from_checkpoint(write_tiny_checkpoint(tmp_path / "a.ckpt", tmp_path))
-    viewed = Embedder.from_checkpoint(write_tiny_checkpoint(tmp_path / "b.ckpt", tmp_path, gallery_views=ALL_VIEWS))
-    fewer = Embedder.from_checkpoint(write_tiny_checkpoint(tmp_path / "c.ckpt", tmp_path, gallery_views=["soften"]))
+    plain = load_embedder(write_tiny_checkpoint(tmp_path / "a.ckpt", tmp_path))
+    viewed = load_embedder(write_tiny_checkpoint(tmp_path / "b.ckpt", tmp_path, gallery_views=ALL_VIEWS))
+    fewer = load_embedder(write_tiny_checkpoint(tmp_path / "c.ckpt", tmp_path, gallery_views=["soften"]))
     assert len({plain.fingerprint, viewed.fingerprint, fewer.fingerprint}) == 3
     gallery = Gallery.create(viewed, tmp_path / "g")
     gallery.add([studio_entry(CATALOGUE[0])])
@@ -61,4 +61,4 @@ def test_view_policy_is_in_the_fingerprint(tmp_path):
 
 def test_unknown_view_is_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"unknown gallery view\(s\) \['mirror'\]; known:"):
-        Embedder.from_checkpoint(write_tiny_checkpoint(tmp_path / "x.ckpt", tmp_path, gallery_views=["mirror"]))
+        load_embedder(write_tiny_checkpoint(tmp_path / "x.ckpt", tmp_path, gallery_views=["mirror"]))

@@ -1,10 +1,12 @@
-"""Boxes for an RGB image: a trained detector from a checkpoint, or the whole image (PP-ShiTu's fallback).
+"""Boxes for an RGB image: a trained detector (checkpoint or ONNX file), or the whole image (PP-ShiTu's fallback).
 
-`Detector` drives any nn.Module with torchvision's eval contract (``model(list of CHW float 0..1)`` ->
-``[{boxes xyxy, scores, labels}]``), i.e. `DetectionSystem.model`. The project's detectors do not resize
+`Detector` drives any model with torchvision's eval contract (``model(list of CHW float 0..1)`` ->
+``[{boxes xyxy, scores, labels}]``): the network of a DetectionSystem checkpoint, or its ONNX export run by
+ONNX Runtime (src.inference.onnx.OrtDetectorModel). The project's detectors do not resize
 (src.models.detectors.torchvision_models.NoResizeTransform): the data pipeline does, with the shorter side at
-``data.eval_size`` (longer side capped at ``data.max_size``). `Detector.from_checkpoint` reads both from the
-checkpoint's config, resizes the same way, and maps boxes back to the input image's pixels.
+``eval_size`` (longer side capped at ``max_size``). `load_detector` reads both from the model's inference
+settings, resizes the same way (src.data.images.resize_shorter_side), and maps boxes back to the input
+image's pixels.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch import nn
 
 from src.data.images import check_rgb_image, resize_shorter_side
 
-__all__ = ["Detections", "Detector", "DetectorLike", "WholeImageDetector"]
+__all__ = ["Detections", "Detector", "DetectorLike", "WholeImageDetector", "load_detector"]
 
 
 @dataclass
@@ -59,7 +61,8 @@ class Detector:
     """A torchvision-contract detector in eval mode.
 
     Args:
-        model: eval-mode ``model(list of CHW float 0..1) -> [{boxes, scores, labels}]``.
+        model: ``model(list of CHW float 0..1) -> [{boxes, scores, labels}]``: an eval-mode nn.Module, or a
+            callable with the same contract (src.inference.onnx.OrtDetectorModel).
         eval_size: shorter side the image is resized to before the model (None: as is).
         max_size: cap on the longer side after that resize.
         score_threshold: boxes below it are dropped.
@@ -73,34 +76,14 @@ class Detector:
         if not 0.0 <= score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device).eval() if isinstance(model, nn.Module) else model
         self.eval_size, self.max_size = eval_size, max_size
         self.score_threshold = float(score_threshold)
         self.max_detections = int(max_detections)
         self.batch_size = int(batch_size)
-        # The checkpoint's `detect:` settings (e.g. the live thresholds), read by src.detect and match-live.
-        self.recipe: dict = {}
-
-    @classmethod
-    def from_checkpoint(cls, ckpt: str | os.PathLike, score_threshold: float = 0.5, device: str = "cpu",
-                        **kwargs) -> "Detector":
-        """A DetectionSystem checkpoint written by src.train; eval size from its ``data.eval_size``/``max_size``,
-        ``recipe`` from its ``detect:`` section (empty if none)."""
-        from omegaconf import OmegaConf
-
-        from src.utils.checkpoint import load_system
-
-        system, cfg = load_system(Path(ckpt))
-        model = getattr(system, "model", None)
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"{ckpt}: {type(system).__name__} has no `model` detector "
-                             "(expected a DetectionSystem checkpoint)")
-        kwargs.setdefault("eval_size", OmegaConf.select(cfg, "data.eval_size", default=None))
-        kwargs.setdefault("max_size", OmegaConf.select(cfg, "data.max_size", default=None))
-        det = cls(model, score_threshold=score_threshold, device=device, **kwargs)
-        recipe = OmegaConf.select(cfg, "detect", default=None)
-        det.recipe = OmegaConf.to_container(recipe, resolve=True) if recipe is not None else {}
-        return det
+        # The model's `inference.detection` defaults (e.g. the live thresholds), read by src.detect and match-live.
+        self.detection: dict = {}
+        self.categories: list | None = None  # COCO categories: label i + 1 = categories[i]
 
     def _to_tensor(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[float, float]]:
         image, scale = resize_shorter_side(image, self.eval_size, self.max_size)
@@ -133,3 +116,27 @@ class Detector:
 
     def detect(self, image: np.ndarray) -> Detections:
         return self.detect_batch([image])[0]
+
+
+def load_detector(path: str | os.PathLike, *, score_threshold: float = 0.5, device: str = "cpu",
+                  threads: int | None = None, **kwargs) -> Detector:
+    """A Detector from a DetectionSystem checkpoint (``.ckpt``) or its ONNX export (``.onnx`` + its
+    ``.inference.json``): eval size, detection defaults and categories from the model's inference settings."""
+    if Path(path).suffix == ".onnx":
+        from src.inference.onnx import OrtDetectorModel
+        from src.inference.settings import read_sidecar
+
+        settings = read_sidecar(path)
+        if settings.kind != "detector":
+            raise ValueError(f"{path} holds a {settings.kind}, not a detector")
+        model = OrtDetectorModel(path, threads=threads)
+    else:
+        from src.inference.checkpoint import load_network
+
+        model, settings = load_network(path, "detector")
+    kwargs.setdefault("eval_size", settings.eval_size)
+    kwargs.setdefault("max_size", settings.max_size)
+    det = Detector(model, score_threshold=score_threshold, device=device, **kwargs)
+    det.detection = dict(settings.detection)
+    det.categories = settings.categories
+    return det

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from src.recognition.detector import Detector, WholeImageDetector
+from src.inference.detector import Detector, WholeImageDetector, load_detector
 
 
 class EchoDetector(nn.Module):
@@ -57,7 +57,8 @@ def test_whole_image_detector():
 
 
 def test_from_checkpoint_reads_eval_size(tmp_path):
-    """A DetectionSystem checkpoint (state_dict + hydra_config as src.train writes them)."""
+    """A DetectionSystem checkpoint as src.train wrote them before the `inference:` node (state_dict +
+    hydra_config with a `detect:` recipe, the network under `model.model`): old runs keep serving."""
     from hydra.utils import instantiate
 
     from src.utils.checkpoint import CONFIG_KEY
@@ -72,13 +73,13 @@ def test_from_checkpoint_reads_eval_size(tmp_path):
     torch.manual_seed(0)
     system = instantiate(config["model"])
     torch.save({"state_dict": system.state_dict(), CONFIG_KEY: config}, tmp_path / "det.ckpt")
-    det = Detector.from_checkpoint(tmp_path / "det.ckpt", score_threshold=0.0)
+    det = load_detector(tmp_path / "det.ckpt", score_threshold=0.0)
     assert (det.eval_size, det.max_size) == (96, 200)
-    assert det.recipe == {"score_threshold_image": 0.8, "score_threshold_video": 0.97}
+    assert det.detection == {"score_threshold_image": 0.8, "score_threshold_video": 0.97}
     d = det.detect(np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8))
     assert d.boxes.shape[1] == 4 and (d.boxes[:, 2] <= 320).all() and (d.boxes[:, 3] <= 240).all()
     assert (np.diff(d.scores) <= 0).all()
-    with pytest.raises(ValueError, match="no `model` detector"):
+    with pytest.raises(ValueError, match="holds an embedder, not a detector"):
         from tests.recognition.helpers import write_tiny_checkpoint
 
-        Detector.from_checkpoint(write_tiny_checkpoint(tmp_path / "emb.ckpt", tmp_path))
+        load_detector(write_tiny_checkpoint(tmp_path / "emb.ckpt", tmp_path))

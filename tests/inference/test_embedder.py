@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from src.recognition.embedder import Embedder, compute_fingerprint
+from src.inference.embedder import compute_fingerprint, load_embedder
 from src.recognition.gallery import Gallery
 from src.recognition.pipeline import RecognitionPipeline
-from src.retrieval.index import IncompatibleIndexError
+from src.retrieval.index_base import IncompatibleIndexError
 from tests.recognition.helpers import CATALOGUE, studio_shot, write_tiny_checkpoint
 
 
@@ -20,7 +20,7 @@ def _crops(n=5, seed=0):
 
 
 def test_from_checkpoint_embeds_normalised_and_batch_invariant(tiny_ckpt):
-    emb = Embedder.from_checkpoint(tiny_ckpt, batch_size=2)
+    emb = load_embedder(tiny_ckpt, batch_size=2)
     crops = _crops(5)
     out = emb.embed(crops)
     assert out.shape == (5, 32) and out.dtype == np.float32 and emb.dim == 32
@@ -32,7 +32,7 @@ def test_from_checkpoint_embeds_normalised_and_batch_invariant(tiny_ckpt):
 
 def test_preprocessing_is_the_checkpoint_eval_transform(tiny_ckpt):
     """Letterbox to data.image_size (32) and ImageNet normalisation, as conf/transforms/eval_letterbox.yaml."""
-    emb = Embedder.from_checkpoint(tiny_ckpt)
+    emb = load_embedder(tiny_ckpt)
     img = np.full((10, 40, 3), 255, np.uint8)  # wide: 32x8 after LongestMaxSize, padded to 32x32
     t = emb.preprocess(img)
     assert tuple(t.shape) == (3, 32, 32)
@@ -42,10 +42,10 @@ def test_preprocessing_is_the_checkpoint_eval_transform(tiny_ckpt):
 
 
 def test_fingerprint_depends_on_weights_and_preprocessing(tiny_ckpt, tmp_path):
-    a, b = Embedder.from_checkpoint(tiny_ckpt), Embedder.from_checkpoint(tiny_ckpt)
+    a, b = load_embedder(tiny_ckpt), load_embedder(tiny_ckpt)
     assert a.fingerprint == b.fingerprint and len(a.fingerprint) == 64
     other = write_tiny_checkpoint(tmp_path / "other_size.ckpt", tmp_path, image_size=40)  # same seed, same weights
-    c = Embedder.from_checkpoint(other)
+    c = load_embedder(other)
     assert c.fingerprint != a.fingerprint
     assert compute_fingerprint(a.net, {"x": 1}) != compute_fingerprint(a.net, {"x": 2})
     with torch.no_grad():
@@ -54,12 +54,12 @@ def test_fingerprint_depends_on_weights_and_preprocessing(tiny_ckpt, tmp_path):
 
 
 def test_gallery_refuses_another_models_queries(tiny_ckpt, tmp_path):
-    emb = Embedder.from_checkpoint(tiny_ckpt)
+    emb = load_embedder(tiny_ckpt)
     gallery = Gallery.create(emb, tmp_path / "g")
     from tests.recognition.helpers import studio_entry
 
     gallery.add([studio_entry(CATALOGUE[0])])
-    other = Embedder.from_checkpoint(write_tiny_checkpoint(tmp_path / "o.ckpt", tmp_path, image_size=40))
+    other = load_embedder(write_tiny_checkpoint(tmp_path / "o.ckpt", tmp_path, image_size=40))
     with pytest.raises(IncompatibleIndexError, match="fingerprint"):
         RecognitionPipeline(other, gallery.index)
     with pytest.raises(IncompatibleIndexError, match="fingerprint"):
@@ -75,17 +75,18 @@ def test_gallery_refuses_another_models_queries(tiny_ckpt, tmp_path):
     ("x.jpg", "str"),
 ])
 def test_bad_crop_is_one_clear_error(tiny_ckpt, bad, msg):
-    emb = Embedder.from_checkpoint(tiny_ckpt)
+    emb = load_embedder(tiny_ckpt)
     with pytest.raises(ValueError, match=msg):
         emb.embed([np.zeros((4, 4, 3), np.uint8), bad])
 
 
 def test_missing_eval_transform_is_named(tmp_path, tiny_ckpt):
+    """A checkpoint from before the `inference:` node whose config lacks the transform: the key is named."""
     ckpt = torch.load(tiny_ckpt, weights_only=True)
-    del ckpt["hydra_config"]["data"]["eval_transform"]
+    del ckpt["inference"], ckpt["hydra_config"]["data"]["eval_transform"]
     torch.save(ckpt, tmp_path / "no_tf.ckpt")
     with pytest.raises(KeyError, match="eval_transform"):
-        Embedder.from_checkpoint(tmp_path / "no_tf.ckpt")
+        load_embedder(tmp_path / "no_tf.ckpt")
 
 
 def test_checkpoint_from_a_real_training_run(make_cfg):
@@ -97,7 +98,10 @@ def test_checkpoint_from_a_real_training_run(make_cfg):
                     "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "validate_before_fit=false",
                     "test=false", "callbacks.early_stopping=null", "callbacks.retrieval.num_grid_queries=0"])
     train(cfg)
-    emb = Embedder.from_checkpoint(f"{cfg.paths.output_dir}/checkpoints/last.ckpt")
+    ckpt = f"{cfg.paths.output_dir}/checkpoints/last.ckpt"
+    stored = torch.load(ckpt, weights_only=True)["inference"]  # the declared `inference:` node, as training wrote it
+    assert stored["kind"] == "embedder" and stored["eval_transform"]["transform"]["__class_fullname__"] == "Compose"
+    emb = load_embedder(ckpt)
     out = emb.embed(_crops(3))
     assert out.shape == (3, 32)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)

@@ -1,0 +1,57 @@
+"""Checkpoint -> ONNX file + its inference settings next to it, checked against eager with ONNX Runtime.
+
+Embedders and classifiers are exported with BatchNorm folded into the convolutions (src.nn.fuse) and a
+dynamic batch; detectors take one image of any size. The settings file carries the eager network's
+fingerprint, so galleries built with the checkpoint are searched with the ONNX file and vice versa.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from src.inference.checkpoint import load_network
+from src.inference.embedder import compute_fingerprint
+from src.inference.onnx import OrtDetectorModel, OrtModel, export_detector_onnx, export_onnx
+from src.inference.settings import write_sidecar
+
+__all__ = ["export_checkpoint"]
+
+
+def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, *, fuse: bool = True,
+                      image_size: int | None = None) -> dict:
+    """Write ``out`` (.onnx) and ``<out stem>.inference.json``; returns what was written and the largest
+    difference from eager on a random input (embedder / classifier) or the matched boxes (detector)."""
+    net, settings = load_network(ckpt, None)
+    torch.manual_seed(0)
+    if settings.kind == "detector":
+        size = image_size or settings.eval_size or 320
+        example = torch.rand(3, size, size * 4 // 3)
+        with torch.inference_mode():
+            ref = net([example])[0]
+        path = export_detector_onnx(net, out, example)
+        got = OrtDetectorModel(path)([example])[0]
+        report = {"eager_boxes": int(len(ref["boxes"])), "onnx_boxes": int(len(got["boxes"])),
+                  "max_box_diff": _max_diff(got["boxes"], ref["boxes"]),
+                  "max_score_diff": _max_diff(got["scores"], ref["scores"])}
+    else:
+        settings = settings.with_fingerprint(compute_fingerprint(net, settings.transform_identity()))
+        probe = settings.preprocess()(np.zeros((image_size or 64, image_size or 64, 3), np.uint8))
+        example = torch.randn(2, *probe.shape)
+        with torch.inference_mode():
+            ref = net(example).numpy()
+        if fuse:
+            from src.nn.fuse import fuse_conv_bn
+
+            net, _ = fuse_conv_bn(net, example[:1])
+        name = "embeddings" if settings.kind == "embedder" else "logits"
+        path = export_onnx(net, out, tuple(probe.shape[1:]), channels=probe.shape[0], output_name=name)
+        report = {"max_abs_diff": float(np.abs(OrtModel(path)(example) - ref).max())}
+    sidecar = write_sidecar(path, settings)
+    return {"onnx": str(path), "settings": str(sidecar), "kind": settings.kind, **report}
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    return float((a.float() - b.float()).abs().max()) if a.shape == b.shape and a.numel() else None
