@@ -5,7 +5,7 @@ world train set: pixels per image, aspect distortion, loader and training images
 
 Data and batches as in conf/data/retail_retrieval.yaml (the demo's data): P x K = 16 x 4 identity batches, the
 heavy training augmentation, base size `data.image_size` (64). Buckets: the data config's
-AspectRatioBucketBatchSampler (src.data.batch_samplers; scales 0.875/1/1.125, sizes multiples of 8). Square:
+AspectBucketResizeBatchSampler (src.data.batch_samplers; scales 0.875/1/1.125, sizes multiples of 8). Square:
 PKBatchSampler + Resize to image_size x image_size. Letterbox: longest side to image_size, zero padding to a
 square.
 

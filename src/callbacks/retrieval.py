@@ -17,6 +17,7 @@ from src.callbacks.retrieval_grid import topk_grid
 from src.data import keys
 from src.retrieval.metrics import evaluate_retrieval
 from src.retrieval.search import knn_search
+from src.utils.distributed import all_gather_varlen
 
 log = logging.getLogger(__name__)
 
@@ -65,21 +66,11 @@ class RetrievalEvaluation(L.Callback):
             emb, lab, idx = torch.zeros(0, dim), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
         else:
             emb, lab, idx = (torch.cat(buf[k]) for k in ("embeddings", keys.LABEL, keys.INDEX))
-        if pl_module.trainer.world_size > 1:
-            emb, lab, idx = (self._all_gather(pl_module, t) for t in (emb, lab, idx))
+        emb, lab, idx = (all_gather_varlen(t) for t in (emb, lab, idx))
         # DistributedSampler pads with repeated samples: keep one copy per dataset index, in index order.
         idx_np = idx.numpy()
         _, first = np.unique(idx_np, return_index=True)
         return emb.numpy()[first].astype(np.float32), lab.numpy()[first], idx_np[first]
-
-    @staticmethod
-    def _all_gather(pl_module, t: torch.Tensor) -> torch.Tensor:
-        n = torch.tensor([t.shape[0]], device=pl_module.device)
-        sizes = pl_module.all_gather(n).flatten().tolist()
-        padded = torch.zeros((int(max(sizes)), *t.shape[1:]), dtype=t.dtype)
-        padded[: t.shape[0]] = t
-        out = pl_module.all_gather(padded.to(pl_module.device)).cpu()
-        return torch.cat([out[r, : int(s)] for r, s in enumerate(sizes)])
 
     # --- evaluation -----------------------------------------------------------------------------------
     def _evaluate(self, trainer, pl_module, stage: str) -> None:

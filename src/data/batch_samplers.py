@@ -87,10 +87,10 @@ def bucket_size(aspect: float, side: int, stride: int = 32) -> tuple[int, int]:
     return h, w
 
 
-class AspectRatioBucketBatchSampler(Sampler[list[tuple[int, tuple[int, int]]]]):
-    """Groups crops by aspect ratio (h / w) into buckets; every batch comes from one bucket and is resized to
-    that bucket's shape at a scale drawn from `scales`, so no crop is squashed to a square and no batch mixes
-    sizes. Distortion of any crop is at most sqrt(bucket width ratio).
+class AspectBucketResizeBatchSampler(Sampler[list[tuple[int, tuple[int, int]]]]):
+    """Groups crops by aspect ratio (h / w) into log-spaced buckets and yields `(index, (h, w))` pairs: every
+    batch comes from one bucket and is resized to that bucket's shape at a scale drawn from `scales`, so no crop
+    is squashed to a square and no batch mixes sizes. Distortion of any crop is at most sqrt(bucket width ratio).
 
     With `pk=(P, K)` the batches inside each bucket are P x K identity batches (composes with metric learning);
     otherwise every sample appears exactly once per epoch (`drop_last=False`)."""

@@ -5,16 +5,16 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-import lightning as L
 from torch.utils.data import DataLoader
 
 from src.data.datasets import ImageDataset, collate_skip_none
-from src.data.readers import DataFormatError, Sample, read_samples
+from src.data.readers import Sample, read_samples
+from src.data.split_datamodule import SplitDataModule, check_label_range, classes_from_labels
 
 log = logging.getLogger(__name__)
 
 
-class ImageClassificationDataModule(L.LightningDataModule):
+class ImageClassificationDataModule(SplitDataModule):
     """`source` provides `prepare()` and `root`; `train`/`val`/`test` are list files (or folders) relative to it.
     `sampler` is an optional callable `dataset -> Sampler` (e.g. class-balanced), used for training only."""
 
@@ -36,27 +36,17 @@ class ImageClassificationDataModule(L.LightningDataModule):
         on_error: str = "skip",
         pin_memory: bool = False,
     ) -> None:
-        super().__init__()
-        self.source = source
+        super().__init__(source, batch_size, eval_batch_size, num_workers, on_error, pin_memory)
         self.paths = {"train": train, "val": val, "test": test or val}
         self.fmt = fmt
         self.num_classes = num_classes
         self.image_size = image_size  # transform configs interpolate it; kept for reports and exports
         self.train_transform, self.eval_transform = train_transform, eval_transform
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
         self.sampler_factory = sampler
-        self.on_error = on_error
-        self.pin_memory = pin_memory
-        self.datasets: dict[str, ImageDataset] = {}
-
-    def prepare_data(self) -> None:
-        self.source.prepare()
 
     def infer_num_classes(self) -> int:
         """Classes the model needs when `num_classes` is not given: largest training label + 1."""
-        self.num_classes = int(max(s.label for s in self._read("train"))) + 1
+        self.num_classes = classes_from_labels(self._read("train"))
         return self.num_classes
 
     def split_samples(self, split: str) -> list[Sample]:
@@ -67,22 +57,12 @@ class ImageClassificationDataModule(L.LightningDataModule):
         """The samples of a split's list file, labels checked against `num_classes` (file named on error)."""
         path = self.source.root / self.paths[split]
         samples = read_samples(self.fmt, path, self.source.root)
-        if self.num_classes is not None:
-            bad = [s for s in samples if s.label >= self.num_classes]
-            if bad:
-                raise DataFormatError(
-                    f"{path}: label {bad[0].label} of {bad[0].uid} is >= data.num_classes={self.num_classes}")
+        check_label_range(samples, self.num_classes, path)
         return samples
 
     def _dataset(self, split: str) -> ImageDataset:
         transform = self.train_transform if split == "train" else self.eval_transform
         return ImageDataset(self._read(split), transform, on_error=self.on_error)
-
-    def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        for split in wanted.get(stage, ("train", "val", "test")):
-            if split not in self.datasets:
-                self.datasets[split] = self._dataset(split)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.datasets[split]

@@ -1,4 +1,4 @@
-"""Object detection data: a COCO dataset in torchvision's target format, aspect-ratio grouped batches, a
+"""Object detection data: a COCO dataset in torchvision's target format, orientation-grouped batches, a
 DataModule, and the COCO results writer.
 
 Batches are dicts (keys from src.data.keys): {IMAGE: list of float CHW tensors in 0..1 (sizes differ), TARGET: list
@@ -22,7 +22,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
@@ -32,6 +31,7 @@ from src.data import keys
 from src.data.detection_transforms import eval_transforms, train_transforms
 from src.data.images import ImageReadError, SkipCounter, read_rgb
 from src.data.readers import DataFormatError, load_coco
+from src.data.split_datamodule import SplitDataModule
 from src.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -143,14 +143,16 @@ def collate_detection(batch: list[dict | None]) -> dict | None:
     return {keys.IMAGE: [b[keys.IMAGE] for b in batch], keys.TARGET: [b[keys.TARGET] for b in batch]}
 
 
-def aspect_ratio_groups(ratios: Iterable[float]) -> list[int]:
+def orientation_groups(ratios: Iterable[float]) -> list[int]:
     """0 for landscape/square (w >= h), 1 for portrait: batches of one group pad little."""
     return [0 if r >= 1.0 else 1 for r in ratios]
 
 
-class AspectRatioBatchSampler(BatchSampler):
-    """Batches whose images share an aspect-ratio group (the idea of torchvision references'
-    GroupedBatchSampler), so padding to the largest image in the batch wastes little.
+class GroupedBatchSampler(BatchSampler):
+    """Groups indices by a given group id (detection: `orientation_groups`, landscape vs portrait) and yields
+    plain index lists, each from one group (torchvision references' GroupedBatchSampler), so padding to the
+    largest image in the batch wastes little. Images keep their own sizes (compare
+    src.data.batch_samplers.AspectBucketResizeBatchSampler, which also chooses each batch's shape).
 
     Indices are bucketed by group in sampler order; a bucket is emitted when full. At the end the leftovers
     of all buckets are chunked in group order, so the batch count equals a plain BatchSampler's
@@ -212,7 +214,7 @@ def write_coco_results(path: str | os.PathLike, results: list[dict]) -> Path:
     return path
 
 
-class DetectionDataModule(L.LightningDataModule):
+class DetectionDataModule(SplitDataModule):
     """COCO detection splits under `source.root` (annotation paths relative to it; image `file_name`s relative
     to `image_root`, default the source root as the retail world writes them).
 
@@ -241,24 +243,14 @@ class DetectionDataModule(L.LightningDataModule):
         on_error: str = "skip",
         pin_memory: bool = False,
     ) -> None:
-        super().__init__()
-        self.source = source
+        super().__init__(source, batch_size, eval_batch_size, num_workers, on_error, pin_memory)
         self.anns = {"train": train_ann, "val": val_ann, "test": test_ann or val_ann}
         self.image_root = image_root
         self.class_agnostic = class_agnostic
         self.expected_classes = num_classes
         self.train_sizes, self.eval_size, self.max_size = list(train_sizes), eval_size, max_size
         self.hflip_prob = hflip_prob
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
         self.group_by_aspect_ratio = group_by_aspect_ratio
-        self.on_error = on_error
-        self.pin_memory = pin_memory
-        self.datasets: dict[str, CocoDetectionDataset] = {}
-
-    def prepare_data(self) -> None:
-        self.source.prepare()
 
     def transform(self, split: str) -> Compose:
         if split == "train":
@@ -280,12 +272,6 @@ class DetectionDataModule(L.LightningDataModule):
         self.expected_classes = self._dataset("train").num_classes
         return self.expected_classes
 
-    def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        for split in wanted.get(stage, ("train", "val", "test")):
-            if split not in self.datasets:
-                self.datasets[split] = self._dataset(split)
-
     @property
     def categories(self) -> list[dict]:
         """[{id, name}] in label order (label = position + 1)."""
@@ -305,7 +291,7 @@ class DetectionDataModule(L.LightningDataModule):
         sampler = RandomSampler(ds) if train else SequentialSampler(ds)
         drop_last = train and len(ds) > bs
         if self.group_by_aspect_ratio:
-            batch_sampler = AspectRatioBatchSampler(sampler, aspect_ratio_groups(ds.aspect_ratios()), bs, drop_last)
+            batch_sampler = GroupedBatchSampler(sampler, orientation_groups(ds.aspect_ratios()), bs, drop_last)
         else:
             batch_sampler = BatchSampler(sampler, bs, drop_last)
         return DataLoader(ds, batch_sampler=batch_sampler, num_workers=self.num_workers,

@@ -7,14 +7,14 @@ from __future__ import annotations
 import os
 from typing import Callable, Sequence
 
-import lightning as L
 import numpy as np
 import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
 
 from src.data.datasets import ImageDataset, collate_skip_none
-from src.data.readers import DataFormatError, read_samples
+from src.data.readers import read_samples
+from src.data.split_datamodule import SplitDataModule, check_label_range, classes_from_labels
 
 QUERY, GALLERY = 0, 1  # dataloader_idx of the evaluation loaders
 
@@ -32,7 +32,7 @@ def image_aspects(dataset: ImageDataset) -> np.ndarray:
     return out
 
 
-class RetrievalDataModule(L.LightningDataModule):
+class RetrievalDataModule(SplitDataModule):
     def __init__(
         self,
         source,
@@ -53,8 +53,7 @@ class RetrievalDataModule(L.LightningDataModule):
         on_error: str = "skip",
         pin_memory: bool = False,
     ) -> None:
-        super().__init__()
-        self.source = source
+        super().__init__(source, batch_size, eval_batch_size, num_workers, on_error, pin_memory)
         self.paths = {"train": train, "val_query": val_query, "val_gallery": val_gallery,
                       "test_query": test_query or val_query,
                       "test_gallery": test_gallery if test_query else val_gallery}
@@ -62,14 +61,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self.num_classes = num_classes  # training identities (margin-head classes); labels must be below it
         self.image_size = image_size
         self.train_transform, self.eval_transform = train_transform, eval_transform
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
         self.batch_sampler_factory = batch_sampler  # partial: (labels=, aspects=) -> batch sampler
-        self.num_workers, self.on_error, self.pin_memory = num_workers, on_error, pin_memory
-        self.datasets: dict[str, ImageDataset] = {}
-
-    def prepare_data(self) -> None:
-        self.source.prepare()
 
     def _samples(self, split: str) -> list:
         """The split's list file, or the concatenation of several (e.g. shopper photos + studio shots)."""
@@ -77,32 +69,25 @@ class RetrievalDataModule(L.LightningDataModule):
         samples = []
         for rel in [files] if isinstance(files, (str, os.PathLike)) else files:
             part = read_samples(self.fmt, self.source.root / rel, self.source.root)
-            if split == "train" and self.num_classes is not None:
-                bad = [x for x in part if x.label >= self.num_classes]
-                if bad:
-                    raise DataFormatError(f"{self.source.root / rel}: label {bad[0].label} of "
-                                          f"{bad[0].uid} is >= data.num_classes={self.num_classes}")
+            if split == "train":
+                check_label_range(part, self.num_classes, self.source.root / rel)
             samples.extend(part)
         return samples
 
     def infer_num_classes(self) -> int:
         """Margin-head classes when `num_classes` is not given: largest training label + 1."""
-        self.num_classes = int(max(s.label for s in self._samples("train"))) + 1
+        self.num_classes = classes_from_labels(self._samples("train"))
         return self.num_classes
 
-    def dataset(self, split: str) -> ImageDataset:
-        if split not in self.datasets:
-            transform = self.train_transform if split == "train" else self.eval_transform
-            self.datasets[split] = ImageDataset(self._samples(split), transform, on_error=self.on_error)
-        return self.datasets[split]
+    def _dataset(self, split: str) -> ImageDataset:
+        transform = self.train_transform if split == "train" else self.eval_transform
+        return ImageDataset(self._samples(split), transform, on_error=self.on_error)
 
-    def setup(self, stage: str | None = None) -> None:
-        if stage in ("fit", None):
-            self.dataset("train")
+    def stage_splits(self, stage: str | None) -> list[str]:
+        """fit (and None): train + val query/gallery; validate: val's; test/predict: test's (those given)."""
         prefix = "test" if stage in ("test", "predict") else "val"
-        for kind in ("query", "gallery"):
-            if self.paths[f"{prefix}_{kind}"]:
-                self.dataset(f"{prefix}_{kind}")
+        return (["train"] if stage in ("fit", None) else []) + [
+            f"{prefix}_{kind}" for kind in ("query", "gallery") if self.paths[f"{prefix}_{kind}"]]
 
     @property
     def num_train_identities(self) -> int:

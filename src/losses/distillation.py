@@ -15,3 +15,16 @@ def kd_kl_div(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temper
     log_p_student = F.log_softmax(student_logits.float() / t, dim=-1)
     log_p_teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
     return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True) * (t * t)
+
+
+def check_kd_alpha(alpha: float) -> float:
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"kd_alpha must be in [0, 1], got {alpha}")
+    return float(alpha)
+
+
+def distillation_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor, hard_loss: torch.Tensor,
+                        alpha: float, temperature: float) -> dict[str, torch.Tensor]:
+    """{"loss_kd": KL_T(teacher || student) * T^2, "loss": alpha * loss_kd + (1 - alpha) * hard_loss}."""
+    kd = kd_kl_div(student_logits, teacher_logits, temperature)
+    return {"loss_kd": kd, "loss": alpha * kd + (1 - alpha) * hard_loss}

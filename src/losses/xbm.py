@@ -7,22 +7,9 @@ ranks are gathered before they enter the memory, so every rank holds the same me
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-
-def _gather(x: torch.Tensor) -> torch.Tensor:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    n = torch.tensor([x.shape[0]], device=x.device)
-    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, n)
-    max_n = int(max(s.item() for s in sizes))
-    padded = torch.zeros((max_n, *x.shape[1:]), dtype=x.dtype, device=x.device)
-    padded[: x.shape[0]] = x
-    out = [torch.zeros_like(padded) for _ in sizes]
-    dist.all_gather(out, padded)
-    return torch.cat([o[: int(s.item())] for o, s in zip(out, sizes)])
+from src.utils.distributed import all_gather_varlen
 
 
 class CrossBatchMemoryLoss(nn.Module):
@@ -43,7 +30,7 @@ class CrossBatchMemoryLoss(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
-        emb, lab = _gather(embeddings.detach()), _gather(labels.detach())
+        emb, lab = all_gather_varlen(embeddings.detach()), all_gather_varlen(labels.detach())
         n = min(emb.shape[0], self.memory_size)
         emb, lab = emb[-n:], lab[-n:]
         idx = (self.ptr + torch.arange(n, device=emb.device)) % self.memory_size

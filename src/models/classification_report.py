@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 from matplotlib.figure import Figure
+
+from src.utils.io import atomic_write_json, atomic_write_text
+from src.utils.media import figure_rgb, save_png
 
 
 def summarize(confusion: np.ndarray, class_names: list[str] | None = None) -> dict:
@@ -65,3 +71,23 @@ def recall_figure(report: dict) -> Figure:
     ax.set_title(f"per-class recall (macro-F1 {report['macro_f1']:.3f})")
     fig.tight_layout()
     return fig
+
+
+def write_report(out_dir: str | Path, report: dict, class_names: list[str] | None = None
+                 ) -> dict[str, tuple[Path, np.ndarray]]:
+    """classification_report.json, per_class_recall.csv and the confusion-matrix and per-class-recall pictures
+    in `out_dir` (`report`: `summarize`'s dict plus "confusion"). Returns {logger key: (PNG path, RGB picture)}."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "classification_report.json", report)
+    lines = ["class,recall,precision,f1,support"] + [
+        f"{json.dumps(p['class'])},{p['recall']:.4f},{p['precision']:.4f},{p['f1']:.4f},{p['support']}"
+        for p in report["per_class"]]
+    atomic_write_text(out_dir / "per_class_recall.csv", "\n".join(lines) + "\n")
+    figures = {"test/confusion_matrix": confusion_figure(np.asarray(report["confusion"]), class_names),
+               "test/per_class_recall": recall_figure(report)}
+    pictures = {}
+    for name, fig in figures.items():
+        rgb = figure_rgb(fig)
+        pictures[name] = (save_png(rgb, out_dir / f"{name.split('/')[-1]}.png"), rgb)
+    return pictures

@@ -1,11 +1,11 @@
 """Object detection system: any nn.Module with torchvision's detection contract, trained and evaluated with
 COCO mAP.
 
-The injected `model` (torchvision Faster R-CNN from src.models.detectors.torchvision_models, or the mmdet
+The injected `net` (torchvision Faster R-CNN from src.models.detectors.torchvision_models, or the mmdet
 adapter) must follow
-    train mode: model(images: list[CHW float 0..1], targets: list[{boxes xyxy float, labels int64 1..C}])
+    train mode: net(images: list[CHW float 0..1], targets: list[{boxes xyxy float, labels int64 1..C}])
                 -> dict of scalar losses
-    eval mode:  model(images) -> list of {boxes xyxy, scores, labels}, boxes in each input image's pixels.
+    eval mode:  net(images) -> list of {boxes xyxy, scores, labels}, boxes in each input image's pixels.
 
 Evaluation maps predictions and ground truth back to each image's size on disk (target["orig_size"]) before
 COCO mAP, so the small/medium/large area ranges mean what they mean in COCO whatever the eval resize.
@@ -26,8 +26,10 @@ from torchmetrics.detection import MeanAveragePrecision
 
 from src.data import keys
 from src.data.detection import AGNOSTIC_CATEGORY, scale_boxes
+from src.models.detection_pictures import add_examples, draw_examples
 from src.models.detectors.torchvision_models import foreground_classes
 from src.models.configure_optimizers import configure
+from src.utils.media import save_png
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,17 @@ COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) 
 COCO_REC_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True).tolist()
 MAP_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")
 CATEGORIES_KEY = "detection_categories"
+LEGACY_PREFIX = "model."  # the detector's state-dict prefix before it was renamed `net`
+
+
+def rename_legacy_keys(checkpoint: dict) -> dict:
+    """Checkpoints written before the detector was named `net` hold `model.*` weights: rename them in place
+    (Lightning and src.utils.checkpoint.load_system call on_load_checkpoint before load_state_dict)."""
+    state = checkpoint.get("state_dict")
+    if state and any(k.startswith(LEGACY_PREFIX) for k in state):
+        checkpoint["state_dict"] = {("net." + k[len(LEGACY_PREFIX):] if k.startswith(LEGACY_PREFIX) else k): v
+                                    for k, v in state.items()}
+    return checkpoint
 
 
 def coco_map(backend: str = "pycocotools") -> MeanAveragePrecision:
@@ -54,7 +67,7 @@ class DetectionSystem(L.LightningModule):
 
     def __init__(
         self,
-        model: nn.Module,
+        net: nn.Module,
         optimizer: Callable,
         scheduler: Callable | None = None,
         class_agnostic: bool = False,
@@ -63,8 +76,8 @@ class DetectionSystem(L.LightningModule):
     ) -> None:
         super().__init__()
         # Partials and modules are not weights-only-checkpoint-safe hyperparameters; the Hydra config keeps them.
-        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
-        self.model = model
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.class_agnostic = class_agnostic
         self.keep_examples = keep_examples
@@ -81,11 +94,11 @@ class DetectionSystem(L.LightningModule):
         if cats is not None:
             self.categories = [AGNOSTIC_CATEGORY] if self.class_agnostic else [dict(c) for c in cats]
         want = len(self.categories) if self.categories is not None else None
-        have = foreground_classes(self.model)
+        have = foreground_classes(self.net)
         if want is not None and have is not None and want != have:
             raise ValueError(
                 f"the detector predicts {have} foreground classes but the data has {want} "
-                f"(class_agnostic={self.class_agnostic}); set the model's num_classes to {want + 1} for torchvision "
+                f"(class_agnostic={self.class_agnostic}); set model.net.num_classes to {want + 1} for torchvision "
                 f"detectors (background included) or {want} for the mmdet adapter")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -95,6 +108,13 @@ class DetectionSystem(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.categories = checkpoint.get(CATEGORIES_KEY, self.categories)
+        rename_legacy_keys(checkpoint)
+
+    @property
+    def model(self) -> nn.Module:
+        """Read-only alias of `net` for code not yet switched (src.recognition reads `system.model`); remove it
+        once nothing does."""
+        return self.net
 
     def _model_targets(self, targets: list[dict]) -> list[dict]:
         # Only boxes and labels go to the model (any detector accepts them); crowd boxes are not trained on.
@@ -108,13 +128,13 @@ class DetectionSystem(L.LightningModule):
 
     # ---- steps ---------------------------------------------------------------------------------------
     def forward(self, images: list[torch.Tensor]) -> list[dict]:
-        return self.model(images)
+        return self.net(images)
 
     def training_step(self, batch: dict | None, batch_idx: int):
         if batch is None:  # every image in the batch was unreadable
             return None
         images = batch[keys.IMAGE]
-        losses = self.model(images, self._model_targets(batch[keys.TARGET]))
+        losses = self.net(images, self._model_targets(batch[keys.TARGET]))
         loss = sum(losses.values())
         if not math.isfinite(float(loss.detach())):
             # As torchvision's references/detection/engine.py: stop rather than train on NaN weights.
@@ -130,7 +150,7 @@ class DetectionSystem(L.LightningModule):
     @torch.no_grad()
     def predict_original(self, images: list[torch.Tensor], targets: list[dict]) -> tuple[list[dict], list[dict]]:
         """Predictions and ground truth in each image's original pixels (for COCO metrics)."""
-        preds = self.model(images)
+        preds = self.net(images)
         preds_o, gts_o = [], []
         for img, p, t in zip(images, preds, targets):
             cur, orig = img.shape[-2:], t["orig_size"].tolist()
@@ -155,12 +175,9 @@ class DetectionSystem(L.LightningModule):
 
     def test_step(self, batch, batch_idx: int):
         out = self._eval_step(batch, self.test_map)
-        if out is not None and len(self.test_examples) < self.keep_examples:
-            for img, t, p, g in zip(batch[keys.IMAGE], batch[keys.TARGET], out["preds"], out["targets"]):
-                if len(self.test_examples) < self.keep_examples:
-                    self.test_examples.append({"image": img.detach().cpu(), "orig_size": t["orig_size"].tolist(),
-                                               "pred": {k: v.detach().cpu() for k, v in p.items()},
-                                               "target": {k: v.detach().cpu() for k, v in g.items()}})
+        if out is not None:
+            add_examples(self.test_examples, self.keep_examples, batch[keys.IMAGE], batch[keys.TARGET], out["preds"],
+                         out["targets"])
         return out
 
     def on_test_epoch_start(self) -> None:
@@ -188,8 +205,6 @@ class DetectionSystem(L.LightningModule):
         """A picture of test predictions (red) vs ground truth (green) for src/eval.py's report."""
         if not self.test_examples:
             return []
-        from src.callbacks.detection_images import draw_examples, save_png
-
         path = Path(out_dir) / "test_detections.png"
         save_png(draw_examples(self.test_examples, self.categories), path)
         return [path]

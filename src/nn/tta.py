@@ -17,24 +17,34 @@ def _log_mean_probs(logit_list: list[torch.Tensor], weights: Sequence[float] | N
     return torch.log((probs * w).sum(0).clamp_min(1e-12))
 
 
+def checked_scales(scales: Sequence[float]) -> tuple[float, ...]:
+    if not scales or any(s <= 0 for s in scales):
+        raise ValueError(f"scales must be positive, got {scales}")
+    return tuple(float(s) for s in scales)
+
+
+def tta_logits(net: nn.Module, images: torch.Tensor, hflip: bool = True, scales: Sequence[float] = (1.0,)
+               ) -> torch.Tensor:
+    """`net`'s softmax probabilities averaged over horizontal flips and input scales (resized with bilinear
+    interpolation; scale 1.0 is the input as given), as logits (log of the mean)."""
+    outs = []
+    for s in scales:
+        x = images if s == 1.0 else F.interpolate(images, scale_factor=s, mode="bilinear", align_corners=False)
+        outs.append(net(x))
+        if hflip:
+            outs.append(net(x.flip(-1)))
+    return _log_mean_probs(outs)
+
+
 class TTA(nn.Module):
-    """Averages softmax probabilities over horizontal flips and input scales (resized with bilinear
-    interpolation; scale 1.0 is the input as given)."""
+    """`tta_logits` as a module around `net`."""
 
     def __init__(self, net: nn.Module, hflip: bool = True, scales: Sequence[float] = (1.0,)) -> None:
         super().__init__()
-        if not scales or any(s <= 0 for s in scales):
-            raise ValueError(f"scales must be positive, got {scales}")
-        self.net, self.hflip, self.scales = net, bool(hflip), tuple(float(s) for s in scales)
+        self.net, self.hflip, self.scales = net, bool(hflip), checked_scales(scales)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        outs = []
-        for s in self.scales:
-            x = images if s == 1.0 else F.interpolate(images, scale_factor=s, mode="bilinear", align_corners=False)
-            outs.append(self.net(x))
-            if self.hflip:
-                outs.append(self.net(x.flip(-1)))
-        return _log_mean_probs(outs)
+        return tta_logits(self.net, images, self.hflip, self.scales)
 
 
 class Ensemble(nn.Module):

@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.inference.checkpoint import CONFIG_KEY, read_checkpoint, settings_from_config, without_pretrained
 from src.inference.settings import CHECKPOINT_KEY as INFERENCE_KEY
@@ -41,18 +41,19 @@ class StoreConfigInCheckpoint(L.Callback):
 
 
 def config_from_checkpoint(path: str | Path) -> DictConfig:
-    ckpt = read_checkpoint(path)
+    return _config(read_checkpoint(path), path)
+
+
+def _config(ckpt: dict, path: str | Path) -> DictConfig:
     if CONFIG_KEY not in ckpt:
         raise KeyError(f"{path}: no '{CONFIG_KEY}' in checkpoint (not written by src.train?)")
-    return OmegaConf.create(ckpt[CONFIG_KEY])
+    return _renamed_legacy_nodes(OmegaConf.create(ckpt[CONFIG_KEY]))
 
 
 def load_system(path: str | Path, model_overrides: dict | None = None) -> tuple[L.LightningModule, DictConfig]:
     """Instantiate the LightningModule described by the checkpoint's config and load its weights (eval mode)."""
     ckpt = read_checkpoint(path)
-    if CONFIG_KEY not in ckpt:
-        raise KeyError(f"{path}: no '{CONFIG_KEY}' in checkpoint (not written by src.train?)")
-    cfg = OmegaConf.create(ckpt[CONFIG_KEY])
+    cfg = _config(ckpt, path)
     model_cfg = cfg.model
     if model_overrides:
         model_cfg = OmegaConf.merge(model_cfg, model_overrides)
@@ -61,3 +62,35 @@ def load_system(path: str | Path, model_overrides: dict | None = None) -> tuple[
     system.load_state_dict(ckpt["state_dict"])
     system.eval()
     return system, cfg
+
+
+# Constructor arguments renamed since checkpoints were written: {system _target_: {old name: new name}}.
+LEGACY_ARGUMENTS = {"src.models.detection.DetectionSystem": {"model": "net"}}
+
+
+# Classes renamed since checkpoints were written: {old _target_: new _target_}.
+LEGACY_TARGETS = {"src.data.batch_samplers.AspectRatioBucketBatchSampler":
+                  "src.data.batch_samplers.AspectBucketResizeBatchSampler"}
+
+
+def _renamed_legacy_nodes(cfg: DictConfig) -> DictConfig:
+    """The checkpoint's config with old names renamed: classes (LEGACY_TARGETS) and the system's constructor
+    arguments (old checkpoints say `model.model` for the detector, now `model.net`)."""
+    for node in _nodes(cfg):
+        if node.get("_target_") in LEGACY_TARGETS:
+            node._target_ = LEGACY_TARGETS[node._target_]
+    system = cfg.get("model")
+    renames = LEGACY_ARGUMENTS.get(system.get("_target_"), {}) if isinstance(system, DictConfig) else {}
+    for old, new in renames.items():
+        if old in cfg.model and new not in cfg.model:
+            with open_dict(cfg.model):
+                cfg.model[new] = cfg.model.pop(old)
+    return cfg
+
+
+def _nodes(node):
+    """Every DictConfig under `node` (itself included), depth first."""
+    if isinstance(node, DictConfig):
+        yield node
+        for v in node.values():
+            yield from _nodes(v)

@@ -4,7 +4,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from src.data.batch_samplers import AspectRatioBucketBatchSampler, PKBatchSampler, bucket_size
+from src.data.batch_samplers import AspectBucketResizeBatchSampler, PKBatchSampler, bucket_size
 
 
 def test_pk_batches_have_p_identities_times_k():
@@ -26,7 +26,7 @@ def aspects():
 
 
 def test_bucketed_batches_one_size_every_sample_once(aspects):
-    s = AspectRatioBucketBatchSampler(aspects, batch_size=16, base_size=64, scales=(0.75, 1.0, 1.25),
+    s = AspectBucketResizeBatchSampler(aspects, batch_size=16, base_size=64, scales=(0.75, 1.0, 1.25),
                                       num_buckets=5, min_aspect=0.5, max_aspect=3.0, stride=8)
     seen, sizes = [], set()
     for batch in s:
@@ -49,7 +49,7 @@ def test_bucketed_composes_with_pk(aspects):
     labels = np.arange(len(aspects)) % 20
     # Identities keep one aspect (same package): make aspects a function of the label.
     asp = np.exp(np.linspace(np.log(0.6), np.log(2.8), 20))[labels]
-    s = AspectRatioBucketBatchSampler(asp, base_size=64, labels=labels, pk=(3, 2), num_buckets=3,
+    s = AspectBucketResizeBatchSampler(asp, base_size=64, labels=labels, pk=(3, 2), num_buckets=3,
                                       min_aspect=0.5, max_aspect=3.0, stride=8)
     batches = list(s)
     assert batches
@@ -71,8 +71,8 @@ def _indices(batch):
 
 @pytest.mark.parametrize("make", [
     lambda asp, lab: PKBatchSampler(lab, p=4, k=2, seed=3),
-    lambda asp, lab: AspectRatioBucketBatchSampler(asp, batch_size=8, base_size=64, stride=8, seed=3),
-    lambda asp, lab: AspectRatioBucketBatchSampler(asp, base_size=64, labels=lab, pk=(2, 2), stride=8, seed=3),
+    lambda asp, lab: AspectBucketResizeBatchSampler(asp, batch_size=8, base_size=64, stride=8, seed=3),
+    lambda asp, lab: AspectBucketResizeBatchSampler(asp, base_size=64, labels=lab, pk=(2, 2), stride=8, seed=3),
 ])
 def test_ddp_ranks_split_the_batches_and_len_counts_one_rank(monkeypatch, aspects, make):
     import src.data.batch_samplers as bs
@@ -88,3 +88,16 @@ def test_ddp_ranks_split_the_batches_and_len_counts_one_rank(monkeypatch, aspect
         assert len(sampler) == len(shard) == per_rank
         # Rank r takes batches r, r + world, ...: together the ranks see the one-process epoch, nothing twice.
         assert shard == full[rank : world * per_rank : world]
+
+
+def test_checkpoint_config_with_the_old_sampler_name_rebuilds(tmp_path):
+    """Checkpoints written before the rename name AspectRatioBucketBatchSampler in their data config."""
+    import torch
+    from hydra.utils import instantiate
+
+    from src.utils.checkpoint import CONFIG_KEY, config_from_checkpoint
+
+    old = {"_target_": "src.data.batch_samplers.AspectRatioBucketBatchSampler", "_partial_": True, "batch_size": 4}
+    torch.save({CONFIG_KEY: {"model": {}, "data": {"batch_sampler": old}}, "state_dict": {}}, tmp_path / "old.ckpt")
+    sampler = instantiate(config_from_checkpoint(tmp_path / "old.ckpt").data.batch_sampler)(aspects=[1.0] * 8)
+    assert isinstance(sampler, AspectBucketResizeBatchSampler) and len(sampler) == 2

@@ -17,8 +17,8 @@ from torchvision.transforms.v2 import Compose, RandomHorizontalFlip
 
 from src.data.images import shorter_side_shape
 from src.data import keys
-from src.data.detection import (AspectRatioBatchSampler, CocoDetectionDataset, DetectionDataModule,
-                                aspect_ratio_groups, collate_detection, scale_boxes)
+from src.data.detection import (GroupedBatchSampler, CocoDetectionDataset, DetectionDataModule,
+                                orientation_groups, collate_detection, scale_boxes)
 from src.data.detection_transforms import RandomShortestSideResize, ToTensor, eval_transforms, train_transforms
 from src.data.readers import DataFormatError
 from src.data.video import VideoReadError, read_video_frames
@@ -225,10 +225,10 @@ def test_datamodule_checks_class_count_and_groups_batches(tmp_path):
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_aspect_ratio_batches_are_homogeneous_and_counted(drop_last):
     ratios = [1.33, 0.75, 1.5, 0.6, 1.0, 1.33, 0.75, 0.75, 1.78, 0.5, 1.2]  # 6 wide, 5 tall
-    groups = aspect_ratio_groups(ratios)
+    groups = orientation_groups(ratios)
     assert groups == [0, 1, 0, 1, 0, 0, 1, 1, 0, 1, 0]
     torch.manual_seed(0)
-    sampler = AspectRatioBatchSampler(RandomSampler(range(len(ratios))), groups, batch_size=4, drop_last=drop_last)
+    sampler = GroupedBatchSampler(RandomSampler(range(len(ratios))), groups, batch_size=4, drop_last=drop_last)
     batches = list(sampler)
     assert len(batches) == len(sampler) == (2 if drop_last else 3)
     full = [b for b in batches if len(b) == 4]
@@ -239,7 +239,7 @@ def test_aspect_ratio_batches_are_homogeneous_and_counted(drop_last):
     assert len(seen) == len(set(seen))
     if not drop_last:
         assert sorted(seen) == list(range(len(ratios)))
-    seq = list(AspectRatioBatchSampler(SequentialSampler(range(len(ratios))), groups, 2))
+    seq = list(GroupedBatchSampler(SequentialSampler(range(len(ratios))), groups, 2))
     assert seq[0] == [0, 2] and seq[1] == [1, 3]
 
 

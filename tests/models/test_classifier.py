@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from src.data import keys
 from src.losses.distillation import kd_kl_div
 from src.models.classifier import ClassificationSystem
-from src.nn.distill import FrozenTeacher
+from src.models.teacher import FrozenTeacher
 from src.nn.mix import BatchMix
 
 C = 3

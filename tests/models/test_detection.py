@@ -300,7 +300,7 @@ def test_tiny_detector_overfits_four_scenes(tmp_path):
     ("detection_demo", []),
     # torchvision's MobileNetV3 FPN with 8 categories; small images keep the smoke run short.
     ("frcnn_mnv3_counter", ["++data.train_sizes=[160]", "++data.eval_size=160", "++data.batch_size=2",
-                            "++model.model.rpn_post_nms_top_n_train=200", "++model.model.rpn_post_nms_top_n_test=100"]),
+                            "++model.net.rpn_post_nms_top_n_train=200", "++model.net.rpn_post_nms_top_n_test=100"]),
 ])
 def test_detection_experiment_fast_dev_run(make_cfg, experiment, overrides):
     from src.train import train
@@ -319,3 +319,25 @@ def test_detection_experiment_fast_dev_run(make_cfg, experiment, overrides):
     assert (system.categories[0] == {"id": 1, "name": "product"}) == agnostic
     (report,) = system.report_artifacts(Path(cfg.paths.output_dir) / "report")
     assert report.is_file() and report.stat().st_size > 1000
+
+
+def test_checkpoint_from_before_the_rename_to_net_loads(tmp_path):
+    """Checkpoints written when the detector was `model` (config `model.model`, weights `model.*`) still load."""
+    from src.utils.checkpoint import CONFIG_KEY, load_system
+
+    net = nn.Linear(2, 3)
+    config = {"model": {"_target_": "src.models.detection.DetectionSystem",
+                        "model": {"_target_": "torch.nn.Linear", "in_features": 2, "out_features": 3},
+                        "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01}}}
+    old = {CONFIG_KEY: config, "state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}}
+    torch.save(old, tmp_path / "old.ckpt")
+    system, cfg = load_system(tmp_path / "old.ckpt")
+    assert "net" in cfg.model and "model" not in cfg.model
+    assert torch.equal(system.net.weight, net.weight) and torch.equal(system.net.bias, net.bias)
+
+    fresh = DetectionSystem(nn.Linear(2, 3), SGD)  # Lightning's own restore path: on_load_checkpoint first
+    ckpt = {"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}}
+    fresh.on_load_checkpoint(ckpt)
+    fresh.load_state_dict(ckpt["state_dict"])
+    assert torch.equal(fresh.net.weight, net.weight)
+    assert fresh.model is fresh.net  # read-only alias until src.recognition reads `net`

@@ -275,9 +275,9 @@ def test_plain_and_lightning_state_dicts_load_without_trust(tmp_path):
     assert torch.equal(dst.detector.rpn_head.rpn_cls.weight, src.detector.rpn_head.rpn_cls.weight)
 
     lightning = tmp_path / "last.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in src.state_dict().items()}, "epoch": 1}, lightning)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in src.state_dict().items()}, "epoch": 1}, lightning)
     dst = make_model(seed=3)
-    load_mmdet_checkpoint(lightning, dst, prefix="model.")
+    load_mmdet_checkpoint(lightning, dst, prefix="net.")
     assert torch.equal(dst.detector.roi_head.bbox_head.fc_cls.weight, src.detector.roi_head.bbox_head.fc_cls.weight)
 
     with pytest.raises(FileNotFoundError):

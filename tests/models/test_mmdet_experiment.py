@@ -36,7 +36,7 @@ SMOKE_OVERRIDES = [
     "++data.eval_size=128",
     "++data.batch_size=2",
     "++data.num_workers=0",
-    *[f"++model.model.cfg_options.{k}={v}" for k, v in MMDET_FEW_PROPOSALS.items()],
+    *[f"++model.net.cfg_options.{k}={v}" for k, v in MMDET_FEW_PROPOSALS.items()],
 ]
 MAP_NAMES = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")
 
@@ -44,7 +44,7 @@ MAP_NAMES = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", 
 def test_experiment_recipe_is_mmdets_faster_rcnn_r50(make_cfg):
     """The recipe as users get it (no smoke overrides): mmdet's own R50-FPN config, one class, no download."""
     cfg = make_cfg(["experiment=mmdet_frcnn_r50"])
-    m = cfg.model.model
+    m = cfg.model.net
     assert m._target_ == "src.models.detectors.mmdet_adapter.MMDetDetector"
     assert m.config == "faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py"
     assert m.pretrained is False and m.num_classes == 1 and cfg.data.class_agnostic is True
@@ -68,9 +68,9 @@ def test_mmdet_experiment_fast_dev_run(make_cfg, tmp_path):
     for term in ("rpn_cls", "rpn_bbox", "cls", "bbox"):  # mmdet's loss names, logged as train/loss_<term>
         assert math.isfinite(metrics[f"train/loss_{term}"]), sorted(metrics)
     system = objects["model"]
-    assert isinstance(system.model, MMDetDetector)
-    assert system.model.detector.backbone.depth == 50
-    assert system.model.model_cfg["backbone"]["init_cfg"] is None  # pretrained off: no download instruction
+    assert isinstance(system.net, MMDetDetector)
+    assert system.net.detector.backbone.depth == 50
+    assert system.net.model_cfg["backbone"]["init_cfg"] is None  # pretrained off: no download instruction
     assert system.categories == [{"id": 1, "name": "product"}]
 
     ckpt = tmp_path / "mmdet.ckpt"

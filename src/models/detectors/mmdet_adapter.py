@@ -316,7 +316,7 @@ def load_mmdet_checkpoint(
     with torch.serialization.add_safe_globals: a MessageHub pickles arbitrary runtime objects.
 
     model: an MMDetDetector (keys with or without its "detector." prefix) or a bare mmdet model.
-    prefix: only keys starting with it are used, with it stripped (e.g. "model." for a Lightning
+    prefix: only keys starting with it are used, with it stripped (e.g. "net." for a Lightning
     checkpoint). Returns torch's (missing_keys, unexpected_keys).
     """
     path_str = os.fspath(path)
