@@ -110,12 +110,6 @@ class DetectionSystem(L.LightningModule):
         self.categories = checkpoint.get(CATEGORIES_KEY, self.categories)
         rename_legacy_keys(checkpoint)
 
-    @property
-    def model(self) -> nn.Module:
-        """Read-only alias of `net` for code not yet switched (src.recognition reads `system.model`); remove it
-        once nothing does."""
-        return self.net
-
     def _model_targets(self, targets: list[dict]) -> list[dict]:
         # Only boxes and labels go to the model (any detector accepts them); crowd boxes are not trained on.
         out = []
