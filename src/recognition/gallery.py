@@ -7,6 +7,13 @@
   best similarity to a gallery image of its own SKU; its *impostor* score is its best similarity to any
   other SKU, i.e. what it would score if its SKU were held out of the gallery (each SKU held out in turn).
   The threshold is stored in the index, so every later search applies it.
+* Look-alike margin for a target share of wrong matches left priced (:func:`choose_margin`): among validation
+  queries of SKUs in the gallery whose best match passes the threshold, a *wrong* match is one whose best SKU
+  is not the query's. The margin of a match is its score minus the best score of any *other SKU* (the
+  runner-up product, usually the look-alike sibling: two variants of one family). A match whose margin is
+  below the calibrated one is listed as *uncertain* by RecognitionPipeline, never priced. Stored with the
+  gallery like the threshold; the calibration is an audit row (action ``margin``, SKU ``*``, old/new value in
+  the price columns), as is a threshold calibration (action ``threshold``).
 
 `Gallery` serialises mutations (add/remove/price + save) under one lock and saves after each, so a service that
 adds products while it answers searches never loses an add and never shows a half-applied one (searches go
@@ -40,8 +47,11 @@ from src.recognition.embedder import Embedder
 from src.retrieval.index import GalleryIndex, current_version, directory_lock, read_audit
 from src.retrieval.threshold import far_frr, threshold_for_far
 
-__all__ = ["Gallery", "ProductImage", "ThresholdReport", "choose_threshold", "entries_from_image_list",
-           "open_set_scores", "read_catalogue", "removal_audit"]
+__all__ = ["CALIBRATION_SKU", "Gallery", "MarginReport", "ProductImage", "ThresholdReport", "choose_margin",
+           "choose_threshold", "entries_from_image_list", "match_margins", "open_set_scores", "read_catalogue",
+           "removal_audit"]
+
+CALIBRATION_SKU = "*"  # the SKU of the audit rows of threshold and margin calibrations (they concern every SKU)
 
 
 @dataclass(frozen=True)
@@ -157,6 +167,64 @@ def choose_threshold(index: GalleryIndex, query_vectors: np.ndarray, query_skus:
     t = threshold_for_far(genuine, impostor, target_far)
     far, frr = far_frr(genuine, impostor, t)
     return ThresholdReport(float(t), float(target_far), far, frr, int(len(genuine)), int(len(impostor)))
+
+
+# ---------------------------------------------------------------------------------------------- margin
+@dataclass
+class MarginReport:
+    margin: float
+    target_wrong: float  # allowed share of the wrong matches above the threshold that stay priced
+    wrong_priced: float  # on validation: share of the wrong matches above the threshold still priced
+    right_uncertain: float  # on validation: share of the right matches above the threshold made uncertain
+    n_right: int
+    n_wrong: int
+    threshold: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def match_margins(gallery_vectors: np.ndarray, gallery_skus: Sequence[str], query_vectors: np.ndarray,
+                  query_skus: Sequence[str], threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(right, wrong)`` float32 margins of the queries whose SKU is in the gallery and whose best score passes
+    ``threshold``: margin = best score - best score of another SKU than the best one; *right* when the best SKU
+    is the query's. Queries of SKUs absent from the gallery are the threshold's business and are skipped."""
+    g = np.asarray(gallery_vectors, np.float32)
+    q = np.asarray(query_vectors, np.float32)
+    if len(g) != len(gallery_skus) or len(q) != len(query_skus):
+        raise ValueError("one SKU per gallery vector and per query vector expected")
+    names = sorted({str(s) for s in gallery_skus})
+    if len(names) < 2:
+        raise ValueError("a margin needs at least two SKUs in the gallery")
+    code = {s: i for i, s in enumerate(names)}
+    g_code = np.array([code[str(s)] for s in gallery_skus])
+    keep = np.array([str(s) in code for s in query_skus], bool)
+    q, q_code = q[keep], np.array([code[str(s)] for s, k in zip(query_skus, keep) if k], np.int64)
+    sims = q @ g.T  # [nq, ng]
+    per_sku = np.full((len(q), len(names)), -np.inf, np.float32)
+    for c in range(len(names)):
+        per_sku[:, c] = sims[:, g_code == c].max(axis=1)
+    order = np.argsort(-per_sku, axis=1, kind="stable")
+    rows = np.arange(len(q))
+    best, second = per_sku[rows, order[:, 0]], per_sku[rows, order[:, 1]]
+    margin = (best - second).astype(np.float32)
+    passed = np.ones(len(q), bool) if threshold is None else best.astype(np.float64) >= threshold
+    right = order[:, 0] == q_code
+    return margin[passed & right], margin[passed & ~right]
+
+
+def choose_margin(index: GalleryIndex, query_vectors: np.ndarray, query_skus: Sequence[str],
+                  target_wrong: float) -> MarginReport:
+    """Lowest margin at which at most ``target_wrong`` of the validation's wrong matches above the index's
+    threshold stay priced (:func:`threshold_for_far` on margins: wrong matches play the impostors). No wrong
+    match on validation: margin 0 (nothing is made uncertain)."""
+    ids, vectors = index.vectors()
+    skus = [index.metadata(int(i))["sku"] for i in ids]
+    right, wrong = match_margins(vectors, skus, query_vectors, query_skus, index.threshold)
+    margin = 0.0 if len(wrong) == 0 else max(0.0, threshold_for_far(right, wrong, target_wrong))
+    wrong_priced, right_uncertain = far_frr(right, wrong, margin)
+    return MarginReport(float(margin), float(target_wrong), wrong_priced, right_uncertain, int(len(right)),
+                        int(len(wrong)), index.threshold)
 
 
 # ---------------------------------------------------------------------------------------------- gallery
@@ -355,17 +423,35 @@ class Gallery:
             self._keys -= {(rows[i]["sku"], rows[i]["image_path"]) for i in gone}
             return n
 
-    def calibrate(self, val_entries: Sequence[ProductImage], target_far: float) -> ThresholdReport:
-        """Choose the threshold on validation images (see :func:`choose_threshold`), store it and save."""
+    def calibrate(self, val_entries: Sequence[ProductImage], target_far: float, *,
+                  key_id: str | None = None) -> ThresholdReport:
+        """Choose the threshold on validation images (see :func:`choose_threshold`), store it and save (with an
+        audit row: action ``threshold``, old and new value in the price columns)."""
         vectors = embed_entries(self.embedder, val_entries)
         with self._changing():
             report = choose_threshold(self.index, vectors, [str(e.sku) for e in val_entries], target_far)
             previous = self.index.threshold
             self.index.set_threshold(report.threshold)
             try:
-                self.save()
+                self.save([_audit("threshold", CALIBRATION_SKU, key_id, previous, report.threshold)])
             except BaseException:
                 self.index.set_threshold(previous)
+                raise
+        return report
+
+    def calibrate_margin(self, val_entries: Sequence[ProductImage], target_wrong: float, *,
+                         key_id: str | None = None) -> MarginReport:
+        """Choose the look-alike margin on validation images at the stored threshold (:func:`choose_margin`),
+        store it and save with an audit row (action ``margin``). Calibrate the threshold first."""
+        vectors = embed_entries(self.embedder, val_entries)
+        with self._changing():
+            report = choose_margin(self.index, vectors, [str(e.sku) for e in val_entries], target_wrong)
+            previous = self.index.margin
+            self.index.set_margin(report.margin)
+            try:
+                self.save([_audit("margin", CALIBRATION_SKU, key_id, previous, report.margin)])
+            except BaseException:
+                self.index.set_margin(previous)
                 raise
         return report
 

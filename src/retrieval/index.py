@@ -226,6 +226,8 @@ class GalleryIndex:
             hash); searches and loads with another fingerprint are refused.
         factory: faiss index_factory string, e.g. ``"Flat"``, ``"HNSW32"``, ``"IVF256,PQ16"``.
         threshold: open-set rejection: results with ``score < threshold`` are not ``accepted``.
+        margin: stored with the gallery for callers (RecognitionPipeline): a match whose score beats the best
+            other SKU by less than this is *uncertain*. Not applied by :meth:`search`.
         num_shards: ``> 1`` splits the gallery over a ``faiss.IndexShards`` (CPU) or over all GPUs.
         use_gpu: search on all GPUs when faiss sees any (see module docstring).
         nprobe: IVF lists visited per query.
@@ -244,6 +246,7 @@ class GalleryIndex:
         *,
         factory: str = "Flat",
         threshold: float | None = None,
+        margin: float | None = None,
         num_shards: int = 1,
         use_gpu: bool = False,
         nprobe: int = 16,
@@ -260,6 +263,9 @@ class GalleryIndex:
         self._fingerprint = fingerprint
         self._factory = factory
         self._threshold = None if threshold is None else float(threshold)
+        if margin is not None and (not math.isfinite(margin) or margin < 0):
+            raise ValueError(f"margin must be finite and >= 0, or None, got {margin}")
+        self._margin = None if margin is None else float(margin)
         self._num_shards = int(num_shards)
         self._chunk_size = int(chunk_size)
         self._use_gpu = bool(use_gpu)
@@ -296,12 +302,16 @@ class GalleryIndex:
         return self._threshold
 
     @property
+    def margin(self) -> float | None:
+        return self._margin
+
+    @property
     def version(self) -> str | None:
         """Name of the on-disk version (``v-...``) this state was loaded from or last saved as; None if never."""
         return self._version
 
-    _STATE = ("_factory", "_threshold", "_num_shards", "_chunk_size", "_index", "_gpu_index", "_vectors", "_ids",
-              "_meta", "_key_to_id", "_tombstones", "_next_id", "_version", "_nprobe", "_ef_search")
+    _STATE = ("_factory", "_threshold", "_margin", "_num_shards", "_chunk_size", "_index", "_gpu_index", "_vectors",
+              "_ids", "_meta", "_key_to_id", "_tombstones", "_next_id", "_version", "_nprobe", "_ef_search")
 
     def take_state(self, other: "GalleryIndex") -> None:
         """Become ``other`` (e.g. a newer version loaded from disk) in one step under this index's lock, so
@@ -317,6 +327,13 @@ class GalleryIndex:
             raise ValueError(f"threshold must be finite or None, got {threshold}")
         with self._lock:
             self._threshold = None if threshold is None else float(threshold)
+
+    def set_margin(self, margin: float | None) -> None:
+        """Set the look-alike margin (e.g. from ``choose_margin`` on validation scores); saved like the threshold."""
+        if margin is not None and (not math.isfinite(margin) or margin < 0):
+            raise ValueError(f"margin must be finite and >= 0, or None, got {margin}")
+        with self._lock:
+            self._margin = None if margin is None else float(margin)
 
     @property
     def nprobe(self) -> int:
@@ -594,6 +611,7 @@ class GalleryIndex:
             "dim": self._dim,
             "factory": self._factory,
             "threshold": self._threshold,
+            "margin": self._margin,
             "num_shards": self._num_shards,
             "nprobe": self._nprobe,
             "ef_search": self._ef_search,
@@ -744,6 +762,7 @@ class GalleryIndex:
             manifest["fingerprint"],
             factory=manifest["factory"],
             threshold=manifest["threshold"],
+            margin=manifest.get("margin"),  # versions saved before margins existed: none
             num_shards=manifest["num_shards"],
             use_gpu=use_gpu,
             nprobe=manifest["nprobe"],

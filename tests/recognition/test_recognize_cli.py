@@ -51,7 +51,10 @@ def test_build_add_remove_search_checkout(tmp_path, tiny_ckpt, capsys):
     with pytest.raises(SystemExit, match="no image of sku"):
         main(["remove", "--index", str(index), "--sku", "new-1"])
     out = run(capsys, "calibrate", *common, "--val-images", val, "--val-root", tmp_path, "--target-far", 0.25)
-    assert GalleryIndex.load(index).threshold == out["threshold"]
+    assert GalleryIndex.load(index).threshold == out["threshold"] and "margin" not in out
+    out = run(capsys, "calibrate", *common, "--val-images", val, "--val-root", tmp_path, "--target-far", 0.25,
+              "--target-wrong", 0.1)
+    assert GalleryIndex.load(index).margin == out["margin"]["margin"] >= 0
 
 
 def test_match_live_command(tmp_path, tiny_ckpt, capsys):
