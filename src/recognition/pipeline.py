@@ -113,7 +113,7 @@ class RecognitionPipeline:
 
     def _search(self, emb: np.ndarray) -> tuple[list, np.ndarray, np.ndarray, list, float | None]:
         """Top-1 metadata, score and acceptance per crop, the runner-up SKU's ``(metadata, score)`` per crop
-        (None when the gallery holds one SKU) and the margin in force, all from one state of the gallery. An
+        (None when the gallery holds one SKU; both from one state of the gallery) and the margin in force. An
         empty gallery recognises nothing: every crop is unknown (also when the last product is removed while
         this request runs)."""
         n = len(emb)
@@ -122,7 +122,8 @@ class RecognitionPipeline:
         if len(self.index) == 0:
             return nothing
         try:  # one search: top-1 and runner-up from the same state of the gallery
-            res = self.index.search(emb, max(self.top_k, self.runner_up_depth), fingerprint=self.embedder.fingerprint)
+            depth = max(self.top_k, self.runner_up_depth)
+            res = self.index.search(emb, depth, fingerprint=self.embedder.fingerprint)
         except ValueError:
             if len(self.index) == 0:
                 return nothing

@@ -7,9 +7,9 @@ Several workers: `SERVE_FIXTURE_DIR=D python -m uvicorn tests.service.serve_fixt
 Fault injection (tests/service/test_faults.py): ``SERVE_FIXTURE_PAUSE_AT=<stage>`` makes the first gallery save
 of this process stop at one stage of GalleryIndex.save, touch ``SERVE_FIXTURE_MARKER`` and sleep there, so a
 test can ``kill -9`` the process exactly there. Stages (the os calls of an atomic save, in order):
-``write`` (first fsync of the new version's files in its temp directory: written, the manifest not yet; Linux), ``rename`` (before the
-complete temp directory is renamed to v-...), ``pointer`` (before CURRENT is replaced), ``after-pointer``
-(just after: the commit point passed, old versions not cleaned yet). Test code only: it patches os functions
+``write`` (first fsync of the new version's files in its temp directory: written, the manifest not yet;
+Linux), ``rename`` (before the complete temp directory is renamed to v-...), ``pointer`` (before CURRENT is
+replaced), ``after-pointer`` (just after: the commit point passed, old versions not cleaned yet). Test code only: it patches os functions
 in this process."""
 
 from __future__ import annotations

@@ -149,8 +149,8 @@ def _bad_requests():
                              AUTH), 415
     yield "empty upload", ("post", "/gallery", {"data": {"sku": "n"}, "files": {"image": ("x.png", b"", "image/png")}},
                            AUTH), 400
-    yield "oversized upload", ("post", "/gallery", {"data": {"sku": "n"}, "files": {"image": ("x.png", big, "image/png")}},
-                               AUTH), 413
+    yield "oversized upload", ("post", "/gallery", {"data": {"sku": "n"},
+                                                    "files": {"image": ("x.png", big, "image/png")}}, AUTH), 413
     yield "oversized, far", ("post", "/gallery", {"data": {"sku": "n"},
                                                   "files": {"image": ("x.png", bytes(3_000_000), "image/png")}},
                              AUTH), 413
