@@ -180,7 +180,7 @@ class RecognitionPipeline:
             margin = margin_of(i)
             return {"box": _box_list(all_boxes[i]), "sku": row["sku"], "name": row["name"],
                     "category": row["category"], "price": row["price"], "score": float(scores[i]),
-                    "margin": None if margin is None else round(margin, 6), "det_score": float(all_det[i]),
+                    "margin": margin, "det_score": float(all_det[i]),
                     "source": sources[i]}
 
         def uncertain(i: int) -> bool:
