@@ -89,6 +89,7 @@ def main(argv=None) -> None:
     p.add_argument("--workdir", default=str(ROOT / "outputs" / "recognition_demo" / "work"))
     p.add_argument("--target-far", type=float, default=0.1,
                    help="open-set operating point (experiments/recognition_demo/README.md has 0.01, 0.1, 0.3)")
+    p.add_argument("--det-threshold", type=float, default=0.5)
     p.add_argument("--target-wrong", type=float, default=0.1,
                    help="look-alike margin: share of the calibration's wrong matches above the threshold allowed to "
                         "stay priced (Gallery.calibrate_margin); closer matches are listed as uncertain")
