@@ -28,11 +28,11 @@ from src.inference.detector import load_detector  # noqa: E402
 from src.inference.embedder import load_embedder  # noqa: E402
 from src.recognition.gallery import (  # noqa: E402
     Gallery,
-    choose_threshold,
     embed_entries,
     entries_from_image_list,
     read_catalogue,
 )
+from src.recognition.calibration import choose_threshold  # noqa: E402
 from src.recognition.pipeline import RecognitionPipeline  # noqa: E402
 from src.recognition.world import catalogue_entries, counter_scenes, scene_crop_entries  # noqa: E402
 from src.utils.checkpoint import config_from_checkpoint  # noqa: E402

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 import sys
 from collections import Counter
 from pathlib import Path
@@ -23,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from src.recognition.checkout import basket_metrics, checkout  # noqa: E402
+from src.recognition.checkout import basket_metrics, checkout, make_receipt  # noqa: E402
 from src.inference.detector import load_detector  # noqa: E402
 from src.inference.embedder import load_embedder  # noqa: E402
 from src.recognition.gallery import Gallery, entries_from_image_list  # noqa: E402
@@ -68,6 +69,10 @@ def show_receipt(title: str, receipt: dict, truth: tuple[str, ...], names: dict[
         mark = "ok " if true.get(line["sku"], 0) == line["count"] else "XX "
         print(f"  {mark}{line['count']} x {line['name']:<24} sku {line['sku']:>3}  {line['unit_price']:6.2f}"
               f"  {line['line_total']:7.2f}")
+    for u in receipt.get("uncertain", []):
+        cands = " or ".join(f"{c['name']} (sku {c['sku']}, {c['score']:.3f})" for c in u["candidates"])
+        print(f"  ?? uncertain box {[round(v) for v in u['box']]}: {cands}, margin {u['margin']:.3f} "
+              "< the gallery's: not priced")
     for u in receipt["unknown"]:
         g = u["best_guess"]
         guess = f"best guess {g['name']} (sku {g['sku']}, score {g['score']:.2f})" if g else "no guess"
@@ -85,6 +90,10 @@ def main(argv=None) -> None:
     p.add_argument("--target-far", type=float, default=0.1,
                    help="open-set operating point (experiments/recognition_demo/README.md has 0.01, 0.1, 0.3)")
     p.add_argument("--det-threshold", type=float, default=0.5)
+    p.add_argument("--target-wrong", type=float, default=0.1,
+                   help="look-alike margin: share of the calibration's wrong matches above the threshold allowed to "
+                        "stay priced (Gallery.calibrate_margin); closer matches are listed as uncertain")
+    p.add_argument("--no-live", action="store_true", help="skip step 4 (live-stream matching)")
     args = p.parse_args(argv)
     import torch
 
@@ -117,9 +126,17 @@ def main(argv=None) -> None:
     gallery = Gallery.create(embedder, gallery_dir)
     gallery.add([e for e in entries if e.sku != new_sku])
     # Open-set threshold on counter crops of never-seen SKUs (not on the val photos it is then judged on).
-    report = gallery.calibrate(entries_from_image_list(root / CALIBRATION_LIST, root=root), args.target_far)
+    calibration = entries_from_image_list(root / CALIBRATION_LIST, root=root)
+    report = gallery.calibrate(calibration, args.target_far)
     print(f"   threshold {report.threshold:.3f} for FAR {args.target_far:g} on {CALIBRATION_LIST} "
           f"(FAR {report.far:.3f}, FRR {report.frr:.3f}) -> saved in {gallery_dir}")
+    # Look-alike margin on the same crops (their SKUs in the gallery): a match closer than it to another SKU is
+    # listed as uncertain, not priced (a silent wrong line is most often a look-alike won by a hair).
+    margin = gallery.calibrate_margin(calibration, args.target_wrong)
+    print(f"   margin {margin.margin:.4f} for {args.target_wrong:g} of the wrong matches above the threshold left "
+          f"priced ({margin.n_wrong} wrong, {margin.n_right} right on {CALIBRATION_LIST}: "
+          f"{margin.wrong_priced:.2f} of the wrong stay priced, {margin.right_uncertain:.2f} of the right become "
+          "uncertain)")
 
     pipe = RecognitionPipeline(embedder, gallery.index, detector)
     boxes = None if detector else scene.boxes
@@ -147,16 +164,36 @@ def main(argv=None) -> None:
     print(f"\n   with ground-truth boxes the new product is "
           f"{'recognised' if found else 'not recognised'} ({with_gt['total']:.2f} total)")
 
-    # Every validation photo with the full gallery: how often is the receipt exactly right and complete?
+    # Every validation photo with the full gallery: how often is the receipt exactly right and complete, and how
+    # many priced lines are wrong (silent: nothing tells the cashier), without and with the look-alike margin?
     prices = {e.sku: e.price for e in entries}
-    receipts = [checkout(pipe, sc.image(), boxes=None if detector else sc.boxes) for sc in scenes]
-    m = basket_metrics(receipts, [sc.skus for sc in scenes], prices)
-    right = [Path(sc.image_path).name for sc, r in zip(scenes, receipts)
-             if basket_metrics([r], [sc.skus], prices)["exact_basket_accuracy"] == 1.0]
-    print(f"\n   all {len(scenes)} val photos: {len(right)} receipts exactly right and complete "
-          f"(item recall {m['item_recall']:.2f}, precision {m['item_precision']:.2f}, "
-          f"{m['unknown_per_scene']:.2f} unknown boxes a photo, mean price error {m['mean_abs_price_error']:.2f})")
-    print(f"   right: {', '.join(right) or 'none'}")
+    calibrated = gallery.index.margin
+    # One recognition per photo with the margin in force; "without" puts its uncertain boxes back among the
+    # items, which is what the pipeline does with no margin (the margin only splits the boxes it keeps).
+    recs = [pipe.recognize(sc.image(), boxes=None if detector else sc.boxes) for sc in scenes]
+    for label, with_margin in (("without a margin", False), (f"margin {calibrated:.4f}", True)):
+        receipts = [make_receipt(r if with_margin else replace(r, items=r.items + r.uncertain, uncertain=[]))
+                    for r in recs]
+        m = basket_metrics(receipts, [sc.skus for sc in scenes], prices)
+        right = [Path(sc.image_path).name for sc, r in zip(scenes, receipts)
+                 if basket_metrics([r], [sc.skus], prices)["exact_basket_accuracy"] == 1.0]
+        priced = sum(line["count"] for r in receipts for line in r["items"])
+        print(f"\n   all {len(scenes)} val photos, {label}: {len(right)} receipts exactly right and complete "
+              f"(item recall {m['item_recall']:.2f}, precision {m['item_precision']:.2f}, "
+              f"{m['unknown_per_scene']:.2f} unknown and {m['uncertain_per_scene']:.2f} uncertain boxes a photo, "
+              f"mean price error {m['mean_abs_price_error']:.2f})")
+        print(f"   silent wrong lines: {m['silent_wrong_lines']} of {priced} priced products "
+              f"({m['silent_wrong_rate']:.3f})")
+        print(f"   right: {', '.join(right) or 'none'}")
+        if with_margin:
+            truth = [Counter(sc.skus) for sc in scenes]
+            held = [(u["sku"], u["runner_up"]["sku"] if u["runner_up"] else None, t)
+                    for r, t in zip(recs, truth) for u in r.uncertain]
+            print(f"   uncertain boxes: {len(held)}; the top-1 was right in "
+                  f"{sum(bool(t.get(s)) for s, _, t in held)}, the runner-up in "
+                  f"{sum(bool(t.get(o)) for _, o, t in held if o)}")
+    if args.no_live:
+        return
 
     # Live stream: a generated Taobao-layout set, the recipe's frame positions scaled to 48-frame videos.
     from src.data.retail_world.live import LiveSpec, ensure_live

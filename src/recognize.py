@@ -3,7 +3,8 @@
     build       new gallery from an image list (+ catalogue.json); optional threshold for a target FAR
     add         add product images (only new (sku, image) pairs are embedded)
     remove      remove every image of some SKUs
-    calibrate   choose and store the open-set threshold on validation images for a target FAR
+    calibrate   choose and store the open-set threshold on validation images for a target FAR (and, with
+                --target-wrong, the look-alike margin: closer matches are listed as uncertain, not priced)
     search      recognise the products in one photo (JSON)
     checkout    price one counter photo (JSON receipt)
     match-live  image<->video matching on a live-stream folder -> result.json (and its score if known)
@@ -73,8 +74,10 @@ def cmd_build(args) -> None:
     report = gallery.add(_entries(args.images, args.root, args.catalogue))
     out = {"index": str(index_dir), "images": len(gallery), "products": len(gallery.products()), **report}
     if args.val_images:
-        out["threshold"] = gallery.calibrate(_entries(args.val_images, args.val_root, args.catalogue),
-                                             args.target_far).to_dict()
+        val = _entries(args.val_images, args.val_root, args.catalogue)
+        out["threshold"] = gallery.calibrate(val, args.target_far, key_id="cli").to_dict()
+        if args.target_wrong is not None:
+            out["margin"] = gallery.calibrate_margin(val, args.target_wrong, key_id="cli").to_dict()
     gallery.directory = index_dir  # saved once, complete (a crash mid-build leaves no half gallery)
     gallery.save()
     _print(out)
@@ -127,7 +130,11 @@ def cmd_calibrate(args) -> None:
     from src.recognition.milvus_gallery import open_gallery
 
     gallery = open_gallery(args.index, _embedder(args))
-    _print(gallery.calibrate(_entries(args.val_images, args.val_root, args.catalogue), args.target_far).to_dict())
+    val = _entries(args.val_images, args.val_root, args.catalogue)
+    out = gallery.calibrate(val, args.target_far, key_id="cli").to_dict()
+    if args.target_wrong is not None:
+        out["margin"] = gallery.calibrate_margin(val, args.target_wrong, key_id="cli").to_dict()
+    _print(out)
 
 
 def _pipeline(args):
@@ -249,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--val-images", help="validation image list to choose the threshold on")
     b.add_argument("--val-root")
     b.add_argument("--target-far", type=float, default=0.01, help="false-accept rate the threshold allows")
+    b.add_argument("--target-wrong", type=float, default=None,
+                   help="share of the validation's wrong matches above the threshold allowed to stay priced: "
+                        "calibrates the look-alike margin (default: no margin)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing gallery (a new version)")
     b.set_defaults(func=cmd_build)
 
@@ -273,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--val-root")
     c.add_argument("--catalogue")
     c.add_argument("--target-far", type=float, default=0.01)
+    c.add_argument("--target-wrong", type=float, default=None,
+                   help="share of the validation's wrong matches above the threshold allowed to stay priced: "
+                        "calibrates the look-alike margin (default: no margin)")
     c.set_defaults(func=cmd_calibrate)
 
     s = sub.add_parser("search", help="recognise the products in a photo")

@@ -3,10 +3,8 @@
 * Build from an image list (``path label [uid]``, label = SKU id) plus catalogue.json metadata.
 * Add products: only images whose ``(sku, image_path)`` is new are read and embedded.
 * Remove products by SKU.
-* Open-set threshold for a target false-accept rate on validation queries: a query's *genuine* score is its
-  best similarity to a gallery image of its own SKU; its *impostor* score is its best similarity to any
-  other SKU, i.e. what it would score if its SKU were held out of the gallery (each SKU held out in turn).
-  The threshold is stored in the index, so every later search applies it.
+* Calibrate the open-set threshold and the look-alike margin on validation images (src/recognition/
+  calibration.py); both are stored with the gallery and every calibration is an audit row.
 
 `Gallery` serialises mutations (add/remove/price + save) under one lock and saves after each, so a service that
 adds products while it answers searches never loses an add and never shows a half-applied one (searches go
@@ -28,7 +26,7 @@ import os
 import threading
 from collections import defaultdict
 from datetime import datetime, timezone
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -37,12 +35,14 @@ import numpy as np
 from src.data.images import read_rgb
 from src.data.readers import DataFormatError, read_image_list
 from src.inference.embedder import Embedder
+from src.recognition.calibration import MarginReport, ThresholdReport, choose_margin, choose_threshold
 from src.retrieval.gallery_store import current_version, directory_lock, read_audit
 from src.retrieval.index import GalleryIndex
-from src.retrieval.threshold import far_frr, threshold_for_far
 
-__all__ = ["Gallery", "ProductImage", "ThresholdReport", "choose_threshold", "entries_from_image_list",
-           "open_set_scores", "read_catalogue", "removal_audit"]
+__all__ = ["CALIBRATION_SKU", "Gallery", "ProductImage", "embed_entries", "entries_from_image_list", "read_catalogue",
+           "removal_audit"]
+
+CALIBRATION_SKU = "*"  # the SKU of the audit rows of threshold and margin calibrations (they concern every SKU)
 
 
 @dataclass(frozen=True)
@@ -108,56 +108,6 @@ def embed_entries(embedder: Embedder, entries: Sequence[ProductImage], chunk: in
     embed = embedder.embed_gallery if gallery else embedder.embed
     parts = [embed([e.pixels() for e in entries[i:i + chunk]]) for i in range(0, len(entries), chunk)]
     return np.concatenate(parts) if parts else np.zeros((0, embedder.dim), np.float32)
-
-
-# ---------------------------------------------------------------------------------------------- threshold
-@dataclass
-class ThresholdReport:
-    threshold: float
-    target_far: float
-    far: float  # on the validation impostor scores
-    frr: float  # on the validation genuine scores
-    n_genuine: int
-    n_impostor: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def open_set_scores(gallery_vectors: np.ndarray, gallery_skus: Sequence[str], query_vectors: np.ndarray,
-                    query_skus: Sequence[str], chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """``(genuine, impostor)`` float32 scores: per query, the best cosine to its own SKU's gallery images (if
-    any) and the best cosine to any other SKU (its top-1 were its SKU held out of the gallery)."""
-    g = np.asarray(gallery_vectors, np.float32)
-    q = np.asarray(query_vectors, np.float32)
-    if len(g) != len(gallery_skus) or len(q) != len(query_skus):
-        raise ValueError("one SKU per gallery vector and per query vector expected")
-    codes = {s: i for i, s in enumerate(sorted({str(s) for s in gallery_skus} | {str(s) for s in query_skus}))}
-    g_code = np.array([codes[str(s)] for s in gallery_skus])
-    q_code = np.array([codes[str(s)] for s in query_skus])
-    genuine, impostor = [], []
-    for start in range(0, len(q), chunk):
-        sims = q[start:start + chunk] @ g.T
-        same = q_code[start:start + chunk, None] == g_code[None, :]
-        best_same = np.where(same, sims, -np.inf).max(axis=1) if len(g) else np.full(len(sims), -np.inf)
-        best_other = np.where(~same, sims, -np.inf).max(axis=1) if len(g) else np.full(len(sims), -np.inf)
-        genuine.append(best_same[np.isfinite(best_same)])
-        impostor.append(best_other[np.isfinite(best_other)])
-    cat = lambda xs: np.concatenate(xs).astype(np.float32) if xs else np.zeros(0, np.float32)  # noqa: E731
-    return cat(genuine), cat(impostor)
-
-
-def choose_threshold(index: GalleryIndex, query_vectors: np.ndarray, query_skus: Sequence[str],
-                     target_far: float) -> ThresholdReport:
-    """Lowest threshold whose false-accept rate on the held-out-SKU (impostor) scores is <= target_far."""
-    ids, vectors = index.vectors()
-    skus = [index.metadata(int(i))["sku"] for i in ids]
-    genuine, impostor = open_set_scores(vectors, skus, query_vectors, query_skus)
-    if len(impostor) == 0:
-        raise ValueError("no impostor scores: the gallery needs at least two SKUs to calibrate a threshold")
-    t = threshold_for_far(genuine, impostor, target_far)
-    far, frr = far_frr(genuine, impostor, t)
-    return ThresholdReport(float(t), float(target_far), far, frr, int(len(genuine)), int(len(impostor)))
 
 
 # ---------------------------------------------------------------------------------------------- gallery
@@ -356,17 +306,35 @@ class Gallery:
             self._keys -= {(rows[i]["sku"], rows[i]["image_path"]) for i in gone}
             return n
 
-    def calibrate(self, val_entries: Sequence[ProductImage], target_far: float) -> ThresholdReport:
-        """Choose the threshold on validation images (see :func:`choose_threshold`), store it and save."""
+    def calibrate(self, val_entries: Sequence[ProductImage], target_far: float, *,
+                  key_id: str | None = None) -> ThresholdReport:
+        """Choose the threshold on validation images (see :func:`choose_threshold`), store it and save (with an
+        audit row: action ``threshold``, old and new value in the price columns)."""
         vectors = embed_entries(self.embedder, val_entries)
         with self._changing():
             report = choose_threshold(self.index, vectors, [str(e.sku) for e in val_entries], target_far)
             previous = self.index.threshold
             self.index.set_threshold(report.threshold)
             try:
-                self.save()
+                self.save([_audit("threshold", CALIBRATION_SKU, key_id, previous, report.threshold)])
             except BaseException:
                 self.index.set_threshold(previous)
+                raise
+        return report
+
+    def calibrate_margin(self, val_entries: Sequence[ProductImage], target_wrong: float, *,
+                         key_id: str | None = None) -> MarginReport:
+        """Choose the look-alike margin on validation images at the stored threshold (:func:`choose_margin`),
+        store it and save with an audit row (action ``margin``). Calibrate the threshold first."""
+        vectors = embed_entries(self.embedder, val_entries)
+        with self._changing():
+            report = choose_margin(self.index, vectors, [str(e.sku) for e in val_entries], target_wrong)
+            previous = self.index.margin
+            self.index.set_margin(report.margin)
+            try:
+                self.save([_audit("margin", CALIBRATION_SKU, key_id, previous, report.margin)])
+            except BaseException:
+                self.index.set_margin(previous)
                 raise
         return report
 

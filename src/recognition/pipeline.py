@@ -9,6 +9,10 @@ Decisions (each a parameter):
   only when no detected box was recognised, and it is never reported as an unknown item.
 * A box is recognised when its top-1 gallery score reaches the index threshold (GalleryIndex.accepted);
   otherwise it is an *unknown* item with its best guess, never silently dropped or priced.
+* A recognised box whose score beats the best *other SKU* (the runner-up product: usually the look-alike
+  sibling) by less than the gallery's margin (``GalleryIndex.margin``, calibrated by Gallery.calibrate_margin)
+  is *uncertain*: listed with both candidates, never priced. A wrong line above the threshold is most often
+  such a look-alike won by a hair. No margin stored: nothing is uncertain.
 * NMS over recognised boxes by SKU (torchvision batched_nms, ``nms_iou``): two detections of one product
   count once. Then class-agnostic NMS at ``cross_sku_iou``: one object matched to two look-alike SKUs keeps
   the better match. Unknown boxes overlapping a recognised one by ``nms_iou`` are duplicates and dropped.
@@ -36,19 +40,22 @@ WHOLE_IMAGE_MODES = ("always", "fallback", "never")
 
 @dataclass
 class Recognition:
-    """``items``: recognised products ``{box, sku, name, category, price, score, det_score, source}``, best
-    score first; ``unknown``: boxes below the threshold ``{box, score, det_score, best_guess}``; ``timings``
-    in milliseconds (detect, embed, search, total)."""
+    """``items``: recognised products ``{box, sku, name, category, price, score, margin, det_score, source}``,
+    best score first (``margin``: score minus the runner-up SKU's, None if no other SKU); ``uncertain``: boxes
+    above the threshold but within the margin of another SKU, the same fields plus ``runner_up {sku, name,
+    price, score}``; ``unknown``: boxes below the threshold ``{box, score, det_score, best_guess}``;
+    ``timings`` in milliseconds (detect, embed, search, total)."""
 
     width: int
     height: int
     items: list[dict[str, Any]] = field(default_factory=list)
     unknown: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    uncertain: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"width": self.width, "height": self.height, "items": self.items, "unknown": self.unknown,
-                "timings": self.timings}
+        return {"width": self.width, "height": self.height, "items": self.items, "uncertain": self.uncertain,
+                "unknown": self.unknown, "timings": self.timings}
 
 
 def _box_list(box: Sequence[float]) -> list[float]:
@@ -67,11 +74,13 @@ class RecognitionPipeline:
         cross_sku_iou: IoU above which one object recognised as two SKUs keeps only the better score.
         min_box_size: boxes narrower or lower than this (pixels) are not embedded.
         max_boxes: at most this many detections (highest detector scores) per image.
+        runner_up_depth: neighbours searched for the best other SKU (the margin test); if all are one SKU, the
+            runner-up is taken to score as the last of them (a lower bound on the margin).
     """
 
     def __init__(self, embedder: Embedder, index: GalleryIndex, detector: DetectorLike | None = None, *,
                  whole_image: str = "always", top_k: int = 5, nms_iou: float = 0.5, cross_sku_iou: float = 0.7,
-                 min_box_size: float = 4.0, max_boxes: int = 50) -> None:
+                 min_box_size: float = 4.0, max_boxes: int = 50, runner_up_depth: int = 32) -> None:
         if whole_image not in WHOLE_IMAGE_MODES:
             raise ValueError(f"whole_image must be one of {WHOLE_IMAGE_MODES}, got {whole_image!r}")
         if top_k < 1:
@@ -81,6 +90,7 @@ class RecognitionPipeline:
         self.whole_image, self.top_k = whole_image, int(top_k)
         self.nms_iou, self.cross_sku_iou = float(nms_iou), float(cross_sku_iou)
         self.min_box_size, self.max_boxes = float(min_box_size), int(max_boxes)
+        self.runner_up_depth = int(runner_up_depth)
 
     def _candidates(self, image: np.ndarray, boxes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, str]:
         h, w = image.shape[:2]
@@ -100,20 +110,40 @@ class RecognitionPipeline:
         order = np.argsort(-s, kind="stable")[: self.max_boxes]
         return b[order], s[order], source
 
-    def _search(self, emb: np.ndarray) -> tuple[list, np.ndarray, np.ndarray]:
-        """Top-1 metadata, score and acceptance per crop. An empty gallery recognises nothing: every crop is
-        unknown (also when the last product is removed while this request runs)."""
+    def _search(self, emb: np.ndarray) -> tuple[list, np.ndarray, np.ndarray, list, float | None]:
+        """Top-1 metadata, score and acceptance per crop, the runner-up SKU's ``(metadata, score)`` per crop
+        (None when the gallery holds one SKU; both from one state of the gallery) and the margin in force. An
+        empty gallery recognises nothing: every crop is unknown (also when the last product is removed while
+        this request runs)."""
         n = len(emb)
-        nothing = [None] * n, np.full(n, -np.inf), np.zeros(n, bool)
+        margin = getattr(self.index, "margin", None)
+        nothing = [None] * n, np.full(n, -np.inf), np.zeros(n, bool), [None] * n, margin
         if len(self.index) == 0:
             return nothing
-        try:
-            res = self.index.search(emb, self.top_k, fingerprint=self.embedder.fingerprint)
+        try:  # one search: top-1 and runner-up from the same state of the gallery
+            depth = max(self.top_k, self.runner_up_depth)
+            res = self.index.search(emb, depth, fingerprint=self.embedder.fingerprint)
         except ValueError:
             if len(self.index) == 0:
                 return nothing
             raise
-        return [m[0] for m in res.metadata], res.scores[:, 0], res.accepted[:, 0]
+        runner_up = []
+        for rows, scores in zip(res.metadata, res.scores):
+            found = self._runner_up(rows, scores)
+            if found is None and rows[-1] is not None:  # cut at the depth: another SKU scores at most the last
+                found = (None, float(scores[-1]))
+            runner_up.append(found)
+        return [m[0] for m in res.metadata], res.scores[:, 0], res.accepted[:, 0], runner_up, margin
+
+    @staticmethod
+    def _runner_up(rows: list, scores: np.ndarray) -> tuple[dict | None, float] | None:
+        """The best neighbour of another SKU than the top-1's, as ``(metadata, score)``; None if none."""
+        if not rows or rows[0] is None:
+            return None
+        for row, score in zip(rows[1:], scores[1:]):
+            if row is not None and row["sku"] != rows[0]["sku"]:
+                return row, float(score)
+        return None
 
     def recognize(self, image: np.ndarray, boxes: np.ndarray | None = None) -> Recognition:
         """Recognise the products in an RGB uint8 image. ``boxes`` (xyxy pixels) replace the detector."""
@@ -136,14 +166,31 @@ class RecognitionPipeline:
             return out
         emb = self.embedder.embed([crop_box(image, b) for b in all_boxes])
         t2 = time.perf_counter()
-        top, scores, accepted = self._search(emb)
+        top, scores, accepted, runner_up, min_margin = self._search(emb)
         t3 = time.perf_counter()
+
+        def margin_of(i: int) -> float | None:
+            if runner_up[i] is None:
+                return None
+            return float(np.float32(scores[i]) - np.float32(runner_up[i][1]))  # float32, as choose_margin
 
         def record(i: int) -> dict[str, Any]:
             row = top[i]
+            margin = margin_of(i)
             return {"box": _box_list(all_boxes[i]), "sku": row["sku"], "name": row["name"],
                     "category": row["category"], "price": row["price"], "score": float(scores[i]),
-                    "det_score": float(all_det[i]), "source": sources[i]}
+                    "margin": margin, "det_score": float(all_det[i]),
+                    "source": sources[i]}
+
+        def uncertain(i: int) -> bool:
+            margin = margin_of(i)
+            return min_margin is not None and margin is not None and margin < min_margin
+
+        def uncertain_record(i: int) -> dict[str, Any]:
+            row, score = runner_up[i]
+            guess = None if row is None else {"sku": row["sku"], "name": row["name"], "price": row["price"],
+                                              "score": score}
+            return {**record(i), "runner_up": guess}
 
         rec = [i for i in range(n_det) if accepted[i]]
         kept: list[int] = []
@@ -157,7 +204,8 @@ class RecognitionPipeline:
             kept = [rec[int(k)] for k in keep]
         if not kept and add_whole and accepted[-1]:
             kept = [len(all_boxes) - 1]
-        out.items = [record(i) for i in kept]
+        out.items = [record(i) for i in kept if not uncertain(i)]
+        out.uncertain = [uncertain_record(i) for i in kept if uncertain(i)]
 
         unknown = [i for i in range(n_det) if not accepted[i]]
         if unknown and kept:

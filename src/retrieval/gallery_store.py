@@ -48,7 +48,7 @@ import numpy as np
 
 from src.utils import io as atomic_io
 
-__all__ = ["AUDIT_FIELDS", "FORMAT_VERSION", "LOCK_FILE", "SETTINGS", "StoredGallery", "current_version",
+__all__ = ["AUDIT_FIELDS", "FORMAT_VERSION", "LOCK_FILE", "SETTINGS", "StoredGallery", "current_version", "settings_of",
            "directory_lock", "read_audit", "read_manifest", "read_version", "save_version"]
 
 # One audit row: UTC ISO time, who (an API key id, never the key), add/remove/price, the SKU, prices, image hash.
@@ -56,7 +56,14 @@ AUDIT_FIELDS = ("time", "key_id", "action", "sku", "old_price", "new_price", "im
 LOCK_FILE = "LOCK"
 FORMAT_VERSION = 1
 # GalleryIndex constructor arguments kept in the manifest (in its key order).
-SETTINGS = ("fingerprint", "dim", "factory", "threshold", "num_shards", "nprobe", "ef_search", "chunk_size")
+SETTINGS = ("fingerprint", "dim", "factory", "threshold", "margin", "num_shards", "nprobe", "ef_search",
+            "chunk_size")
+LATER_SETTINGS = {"margin": None}  # settings added after FORMAT_VERSION 1: their value in older manifests
+
+
+def settings_of(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`SETTINGS` of a manifest (older manifests lack :data:`LATER_SETTINGS`: their defaults)."""
+    return {key: manifest[key] if key in manifest else LATER_SETTINGS[key] for key in SETTINGS}
 
 
 @dataclass
@@ -313,5 +320,5 @@ def read_version(version: Path, manifest: Mapping[str, Any]) -> StoredGallery:
         raise ValueError(
             f"{version}: faiss index holds {ntotal} vectors, expected {expected} live + {len(tombstones)} tombstoned"
         )
-    return StoredGallery(settings={key: manifest[key] for key in SETTINGS}, indexes=indexes, vectors=vectors,
+    return StoredGallery(settings=settings_of(manifest), indexes=indexes, vectors=vectors,
                          ids=ids, meta=meta, tombstones=tombstones, next_id=manifest["next_id"])

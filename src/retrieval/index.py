@@ -39,7 +39,7 @@ import faiss
 import numpy as np
 
 from . import gallery_store
-from .index_base import GalleryBase, SearchResult
+from .index_base import GalleryBase, SearchResult, _checked_margin
 from .search import drop_and_compact, new_index, train_index
 
 __all__ = ["GalleryIndex"]
@@ -54,6 +54,8 @@ class GalleryIndex(GalleryBase):
             hash); searches and loads with another fingerprint are refused.
         factory: faiss index_factory string, e.g. ``"Flat"``, ``"HNSW32"``, ``"IVF256,PQ16"``.
         threshold: open-set rejection: results with ``score < threshold`` are not ``accepted``.
+        margin: stored with the gallery for callers (RecognitionPipeline): a match whose score beats the best
+            other SKU by less than this is *uncertain*. Not applied by :meth:`search`.
         num_shards: ``> 1`` splits the gallery over a ``faiss.IndexShards`` (CPU) or over all GPUs.
         use_gpu: search on all GPUs when faiss sees any (see module docstring).
         nprobe: IVF lists visited per query.
@@ -72,6 +74,7 @@ class GalleryIndex(GalleryBase):
         *,
         factory: str = "Flat",
         threshold: float | None = None,
+        margin: float | None = None,
         num_shards: int = 1,
         use_gpu: bool = False,
         nprobe: int = 16,
@@ -83,6 +86,7 @@ class GalleryIndex(GalleryBase):
             raise ValueError(f"num_shards must be >= 1, got {num_shards}")
         self._factory = factory
         self._threshold = None if threshold is None else float(threshold)
+        self._margin = _checked_margin(margin)
         self._num_shards = int(num_shards)
         self._chunk_size = int(chunk_size)
         self._use_gpu = bool(use_gpu)
@@ -110,8 +114,8 @@ class GalleryIndex(GalleryBase):
         """Name of the on-disk version (``v-...``) this state was loaded from or last saved as; None if never."""
         return self._version
 
-    _STATE = ("_factory", "_threshold", "_num_shards", "_chunk_size", "_index", "_gpu_index", "_vectors", "_ids",
-              "_meta", "_key_to_id", "_tombstones", "_next_id", "_version", "_nprobe", "_ef_search")
+    _STATE = ("_factory", "_threshold", "_margin", "_num_shards", "_chunk_size", "_index", "_gpu_index", "_vectors",
+              "_ids", "_meta", "_key_to_id", "_tombstones", "_next_id", "_version", "_nprobe", "_ef_search")
 
     def take_state(self, other: "GalleryIndex") -> None:
         """Become ``other`` (e.g. a newer version loaded from disk) in one step under this index's lock, so
@@ -319,8 +323,8 @@ class GalleryIndex(GalleryBase):
         with self._lock:
             stored = gallery_store.StoredGallery(
                 settings={"fingerprint": self._fingerprint, "dim": self._dim, "factory": self._factory,
-                          "threshold": self._threshold, "num_shards": self._num_shards, "nprobe": self._nprobe,
-                          "ef_search": self._ef_search, "chunk_size": self._chunk_size},
+                          "threshold": self._threshold, "margin": self._margin, "num_shards": self._num_shards,
+                          "nprobe": self._nprobe, "ef_search": self._ef_search, "chunk_size": self._chunk_size},
                 indexes=self._sub_indexes(self._index),  # the CPU index is the source of truth even with use_gpu
                 vectors=self._vectors, ids=self._ids, meta=self._meta, tombstones=self._tombstones,
                 next_id=self._next_id,
@@ -342,7 +346,7 @@ class GalleryIndex(GalleryBase):
 
         ``fingerprint``/``dim``, if given, must match the saved ones (IncompatibleIndexError)."""
         version, manifest = gallery_store.read_manifest(directory)
-        self = cls(**{key: manifest[key] for key in gallery_store.SETTINGS}, use_gpu=use_gpu)
+        self = cls(**gallery_store.settings_of(manifest), use_gpu=use_gpu)
         self.check_compatible(fingerprint, dim)
         stored = gallery_store.read_version(version, manifest)
         if len(stored.indexes) > 1:

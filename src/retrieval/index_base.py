@@ -72,6 +72,12 @@ def _checked_threshold(threshold: float | None) -> float | None:
     return None if threshold is None else float(threshold)
 
 
+def _checked_margin(margin: float | None) -> float | None:
+    if margin is not None and (not math.isfinite(margin) or margin < 0):
+        raise ValueError(f"margin must be finite and >= 0, or None, got {margin}")
+    return None if margin is None else float(margin)
+
+
 def _clean_row(row: Mapping[str, Any], position: int) -> dict[str, Any]:
     unknown = set(row) - set(METADATA_FIELDS)
     if unknown:
@@ -105,6 +111,7 @@ class GalleryBase:
     """
 
     _threshold: float | None
+    _margin: float | None = None
     _next_id: int
 
     def __init__(self, dim: int, fingerprint: str) -> None:
@@ -136,8 +143,21 @@ class GalleryBase:
             self._threshold = threshold
             self._threshold_changed()
 
+    @property
+    def margin(self) -> float | None:
+        """Stored for callers (RecognitionPipeline): a match whose score beats the best other SKU by less than
+        this is *uncertain*. Not applied by :meth:`search`."""
+        return self._margin
+
+    def set_margin(self, margin: float | None) -> None:
+        """Set the look-alike margin (e.g. from ``choose_margin`` on validation scores); kept like the threshold."""
+        margin = _checked_margin(margin)
+        with self._lock:
+            self._margin = margin
+            self._threshold_changed()
+
     def _threshold_changed(self) -> None:
-        """Hook: persist the new threshold where the backend keeps it (called under the lock)."""
+        """Hook: persist the new threshold or margin where the backend keeps them (called under the lock)."""
 
     # ------------------------------------------------------------------ checks
     def check_compatible(self, fingerprint: str | None = None, dim: int | None = None) -> None:

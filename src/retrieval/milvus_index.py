@@ -146,7 +146,7 @@ class MilvusGalleryIndex(GalleryBase):
             if self._client.has_collection(self._collection):
                 props = self._read_properties()
                 check_match(props["fingerprint"], props["dim"], fingerprint, dim, where=self.location)
-                self._threshold = props["threshold"]
+                self._threshold, self._margin = props["threshold"], props["margin"]
                 self._next_id = props["next_id"]
                 self._index_type = props["index_type"]
                 if threshold is not None:
@@ -215,6 +215,7 @@ class MilvusGalleryIndex(GalleryBase):
             f"{_PROP}fingerprint": self._fingerprint,
             f"{_PROP}dim": str(self._dim),
             f"{_PROP}threshold": "" if self._threshold is None else repr(self._threshold),
+            f"{_PROP}margin": "" if self._margin is None else repr(self._margin),
             f"{_PROP}next_id": str(self._next_id),
             f"{_PROP}index_type": self._index_type,
         }
@@ -231,6 +232,7 @@ class MilvusGalleryIndex(GalleryBase):
             "fingerprint": props[f"{_PROP}fingerprint"],
             "dim": int(props[f"{_PROP}dim"]),
             "threshold": float(threshold) if threshold else None,
+            "margin": float(props[f"{_PROP}margin"]) if props.get(f"{_PROP}margin") else None,  # older: none
             "next_id": int(props[f"{_PROP}next_id"]),
             "index_type": props[f"{_PROP}index_type"],
         }
@@ -264,10 +266,10 @@ class MilvusGalleryIndex(GalleryBase):
         self._write_properties()  # stored with the collection, so every process opening it gets it
 
     def reload(self) -> None:
-        """Read back the settings other processes may have changed: threshold and the id counter."""
+        """Read back the settings other processes may have changed: threshold, margin and the id counter."""
         with self._lock:
             props = self._read_properties()
-            self._threshold, self._next_id = props["threshold"], props["next_id"]
+            self._threshold, self._margin, self._next_id = props["threshold"], props["margin"], props["next_id"]
 
     def rebuild(self) -> None:
         """No-op: Milvus removes deleted rows itself (compaction)."""

@@ -1,7 +1,7 @@
 """HTTP service: recognise products, price a counter photo, manage the gallery; serves the cashier page.
 
-    POST   /recognize          multipart ``image``            -> recognised boxes + unknown boxes
-    POST   /checkout           multipart ``image``            -> receipt {items, unknown, total, ...}
+    POST   /recognize          multipart ``image``            -> recognised, uncertain and unknown boxes
+    POST   /checkout           multipart ``image``            -> receipt {items, uncertain, unknown, total, ...}
     GET    /gallery            ?limit=&offset=                -> products (one row per SKU)
     POST   /gallery            multipart ``image`` (1+), ``sku``, ``name``, ``category``, ``price``   [admin]
     PATCH  /gallery            form ``sku``, ``price``         -> sets the price of a product            [admin]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from src.data.retail_world import photometric as ph
-from src.recognition.gallery import (Gallery, ProductImage, choose_threshold, entries_from_image_list,
-                                     open_set_scores, read_catalogue)
+from src.recognition.calibration import choose_threshold, open_set_scores
+from src.recognition.gallery import Gallery, ProductImage, entries_from_image_list, read_catalogue
 from src.retrieval.index import GalleryIndex
 from src.retrieval.search import l2_normalize
 from src.retrieval.threshold import far_frr

@@ -51,7 +51,10 @@ def test_build_add_remove_search_checkout(tmp_path, tiny_ckpt, capsys):
     with pytest.raises(SystemExit, match="no image of sku"):
         main(["remove", "--index", str(index), "--sku", "new-1"])
     out = run(capsys, "calibrate", *common, "--val-images", val, "--val-root", tmp_path, "--target-far", 0.25)
-    assert GalleryIndex.load(index).threshold == out["threshold"]
+    assert GalleryIndex.load(index).threshold == out["threshold"] and "margin" not in out
+    out = run(capsys, "calibrate", *common, "--val-images", val, "--val-root", tmp_path, "--target-far", 0.25,
+              "--target-wrong", 0.1)
+    assert GalleryIndex.load(index).margin == out["margin"]["margin"] >= 0
 
 
 def test_match_live_command(tmp_path, tiny_ckpt, capsys):
@@ -135,4 +138,4 @@ def test_the_commands_on_a_milvus_collection(tmp_path, tiny_ckpt, capsys):
     with MilvusGalleryIndex.open(uri) as index:
         assert len(index) == 3 and index.threshold == out["threshold"]["threshold"]
     total, rows = MilvusAuditLog(uri).read()
-    assert total == 5 and rows[0]["action"] == "remove" and rows[0]["key_id"] == "cli"
+    assert total == 6 and rows[0]["action"] == "remove" and rows[0]["key_id"] == "cli"  # 4 adds, threshold, remove

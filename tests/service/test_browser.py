@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.recognition.helpers import counter_photo, studio_shot
+from src.recognition.gallery import Gallery
+from tests.recognition.helpers import CATALOGUE, counter_photo, pixel_embedder, studio_entry, studio_shot
 from tests.service.conftest import ADMIN_KEY, FAMILY_HEADS, SHOP, png
 
 pytestmark = pytest.mark.browser
@@ -132,6 +133,24 @@ def test_cashier_page_shows_the_apis_receipt(server, tmp_path):
             history = json.loads(urllib.request.urlopen(server + "/gallery/history?limit=1", timeout=10).read())
             assert [(r["action"], r["sku"], r["new_price"], r["key_id"]) for r in history["items"]] == [
                 ("add", "page-added", 4.2, "test-admin")]
+
+            # b's look-alike sibling joins the gallery and a margin is set (b's crop: 0.999 vs 0.994; a's lead
+            # is 0.21): b is listed as uncertain with both candidates, not priced; a and c (page-added) are priced.
+            sibling = next(s for s in CATALOGUE if s.family_id == b.family_id and s.variant == 1)
+            gallery = Gallery.open(tmp_path / "gallery", pixel_embedder(16))
+            gallery.index.set_margin(0.05)
+            gallery.add([studio_entry(sibling)])  # saved with the margin; the server follows from its next request
+            api = _api_checkout(server, photo.read_bytes())
+            assert [u["candidates"][0]["sku"] for u in api["uncertain"]] == [str(b.sku_id)]
+            page.evaluate("document.getElementById('overlay').dataset.state = 'busy'")
+            page.click("#checkout-btn")  # the same photo again
+            page.wait_for_selector('#overlay[data-state="done"]', timeout=60_000)
+            assert page.inner_text("#total") == f"{api['total']:.2f}" == f"{2 * a.price + 4.2:.2f}"  # + page-added
+            assert page.locator("#uncertain li").count() == 1 and page.is_visible("#uncertain-block")
+            assert json.loads(page.get_attribute("#uncertain li", "data-skus")) == [str(b.sku_id), str(sibling.sku_id)]
+            kinds = [d["kind"] for d in json.loads(page.get_attribute("#overlay", "data-boxes"))]
+            assert sorted(kinds) == ["item", "item", "item", "uncertain"]
+            page.screenshot(path=str(tmp_path / "cashier_page_uncertain.png"), full_page=True)
             assert errors == []
         finally:
             browser.close()

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Sequence
 
-import torch
 from torch import Tensor, nn
 from torchvision.models import detection as tvd
 from torchvision.models.detection.anchor_utils import AnchorGenerator

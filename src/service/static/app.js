@@ -57,6 +57,11 @@ function drawResult(img, receipt) {
     drawBox(ctx, d.box, scale, "#00a000", d.name + " " + d.score.toFixed(2), false);
     drawn.push({ kind: "item", sku: d.sku, box: d.box });
   }
+  for (const u of receipt.uncertain || []) {
+    drawBox(ctx, u.box, scale, "#c00070", "uncertain: " + u.candidates.map((c) => c.name || c.sku).join(" or "),
+            true);
+    drawn.push({ kind: "uncertain", sku: null, box: u.box });
+  }
   for (const u of receipt.unknown) {
     drawBox(ctx, u.box, scale, "#e07000", "unknown", true);
     drawn.push({ kind: "unknown", sku: null, box: u.box });
@@ -85,6 +90,17 @@ function fillReceipt(receipt) {
   }
   $("total").textContent = money(receipt.total);
   $("incomplete").hidden = receipt.complete;
+  // Uncertain: above the threshold but a look-alike scores almost as well. Not priced: the cashier picks.
+  const uncertain = $("uncertain");
+  uncertain.replaceChildren();
+  for (const u of receipt.uncertain || []) {
+    const li = document.createElement("li");
+    li.dataset.skus = JSON.stringify(u.candidates.map((c) => c.sku));
+    li.textContent = u.candidates.map((c) => `${c.name || c.sku} (${c.price == null ? "no price" : money(c.price)}, ` +
+      `score ${c.score.toFixed(2)})`).join(" or ") + ` - margin ${u.margin.toFixed(3)}, not priced`;
+    uncertain.appendChild(li);
+  }
+  $("uncertain-block").hidden = !(receipt.uncertain || []).length;
   const ul = $("unknown");
   ul.replaceChildren();
   for (const u of receipt.unknown) {
@@ -118,7 +134,8 @@ async function checkout() {
     const img = await loadImage(file);
     drawResult(img, receipt);
     fillReceipt(receipt);
-    setStatus(status, `${receipt.detections.length} recognised, ${receipt.unknown.length} unknown ` +
+    setStatus(status, `${receipt.detections.length} recognised, ${(receipt.uncertain || []).length} uncertain, ` +
+      `${receipt.unknown.length} unknown ` +
       `(${Math.round(receipt.timings.total_ms)} ms)`);
   } catch (err) {
     $("overlay").dataset.state = "error";
