@@ -57,6 +57,13 @@ def test_no_load_system_on_the_serving_path():
             assert "load_system" not in path.read_text(), path
 
 
+def test_no_file_in_src_is_over_the_limit():
+    """Small files with one job each: a module past 400 lines is split along its seams."""
+    long = {str(p.relative_to(SRC.parent)): n for p in SRC.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == {}
+
+
 def test_the_checks_can_fail(tmp_path):
     bad = tmp_path / "src" / "recognition"
     bad.mkdir(parents=True)

@@ -71,8 +71,9 @@ def test_from_checkpoint_reads_eval_size(tmp_path):
               "data": {"eval_size": 96, "max_size": 200},
               "detect": {"score_threshold_image": 0.8, "score_threshold_video": 0.97}}  # read by match-live
     torch.manual_seed(0)
-    system = instantiate(config["model"])
-    torch.save({"state_dict": system.state_dict(), CONFIG_KEY: config}, tmp_path / "det.ckpt")
+    net = instantiate(config["model"]["model"])  # an old DetectionSystem's state_dict: its network under `model.`
+    torch.save({"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}, CONFIG_KEY: config},
+               tmp_path / "det.ckpt")
     det = load_detector(tmp_path / "det.ckpt", score_threshold=0.0)
     assert (det.eval_size, det.max_size) == (96, 200)
     assert det.detection == {"score_threshold_image": 0.8, "score_threshold_video": 0.97}

@@ -46,8 +46,9 @@ def test_two_replicas_share_products_threshold_and_history(tmp_path):
         assert _add(a, SHOP[0], 1.25).status_code == 200
         assert _add(a, SHOP[1], 2.5).status_code == 200
         gallery_a.index.set_threshold(0.95)  # calibrated through replica A ...
+        gallery_a.index.set_margin(0.01)
         receipt = b.post("/checkout", files={"image": ("c.png", png(photo), "image/png")}).json()
-        assert gallery_b.index.threshold == 0.95  # ... and followed by B before its next request
+        assert (gallery_b.index.threshold, gallery_b.index.margin) == (0.95, 0.01)  # ... followed by B
         assert sorted(line["sku"] for line in receipt["items"]) == sorted(str(s) for s in skus)
         assert receipt["total"] == pytest.approx(3.75)
         assert b.request("DELETE", "/gallery", headers=AUTH, params={"sku": str(SHOP[1].sku_id)}).status_code == 200
@@ -59,5 +60,5 @@ def test_two_replicas_share_products_threshold_and_history(tmp_path):
     gallery_b.close()
     _, reopened = _app(uri)  # a restart keeps products, threshold and trail
     assert [p["sku"] for p in reopened.products()] == [str(SHOP[0].sku_id)]
-    assert reopened.index.threshold == 0.95 and reopened.history()["total"] == 3
+    assert (reopened.index.threshold, reopened.index.margin) == (0.95, 0.01) and reopened.history()["total"] == 3
     reopened.close()
