@@ -145,6 +145,20 @@ def bench(name: str, size: int, threads: int, args, tmp: Path) -> dict:
     return row
 
 
+def run_grid(bench_one, args) -> list[dict]:
+    """``bench_one(name, size, threads, args, tmp)`` for every thread count x model x size, printed as it goes."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for threads in args.threads:
+            for name in args.models:
+                for size in args.sizes:
+                    row = bench_one(name, size, threads, args, Path(tmp))
+                    print({k: (round(v, 1) if isinstance(v, float) else v) for k, v in row.items()
+                           if not k.endswith("_all")}, flush=True)
+                    rows.append(row)
+    return rows
+
+
 def render(rows: list[dict], args, command: str, load: tuple[tuple, tuple]) -> str:
     lines = [
         "# Detection latency on CPU (batch 1)",
@@ -225,16 +239,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = ap.parse_args(argv)
     command = ".venv/bin/python scripts/bench_detection.py " + " ".join(argv if argv is not None else sys.argv[1:])
     load0 = os.getloadavg()
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for threads in args.threads:
-            for name in args.models:
-                for size in args.sizes:
-                    row = bench(name, size, threads, args, Path(tmp))
-                    shown = {k: (round(v, 1) if isinstance(v, float) else v) for k, v in row.items()
-                             if not k.endswith("_all")}
-                    print(shown, flush=True)
-                    rows.append(row)
+    rows = run_grid(bench, args)
     from src.utils.io import atomic_write_text
 
     # The hand-written "## Reading" and everything after it (bench_one_stage.py's section) are kept.

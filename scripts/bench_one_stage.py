@@ -20,7 +20,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import torch  # noqa: E402
 
-from bench_detection import ANCHOR_MS, _version, calibrate_bn, scene_image, timed  # noqa: E402
+from bench_detection import ANCHOR_MS, _version, calibrate_bn, run_grid, scene_image, timed  # noqa: E402
 from src.inference.onnx import export_detector_onnx  # noqa: E402
 
 OUT = ROOT / "experiments/detection_latency/README.md"
@@ -193,15 +192,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = ap.parse_args(argv)
     command = ".venv/bin/python scripts/bench_one_stage.py " + " ".join(argv if argv is not None else sys.argv[1:])
     load0 = os.getloadavg()
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for threads in args.threads:
-            for name in args.models:
-                for size in args.sizes:
-                    row = bench(name, size, threads, args, Path(tmp))
-                    print({k: (round(v, 1) if isinstance(v, float) else v) for k, v in row.items()
-                           if not k.endswith("_all")}, flush=True)
-                    rows.append(row)
+    rows = run_grid(bench, args)
     write_section(args.out, render(rows, args, command.strip(), (load0, os.getloadavg())))
     print(f"wrote {args.out}")
     return args.out

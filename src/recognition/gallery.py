@@ -313,13 +313,7 @@ class Gallery:
         vectors = embed_entries(self.embedder, val_entries)
         with self._changing():
             report = choose_threshold(self.index, vectors, [str(e.sku) for e in val_entries], target_far)
-            previous = self.index.threshold
-            self.index.set_threshold(report.threshold)
-            try:
-                self.save([_audit("threshold", CALIBRATION_SKU, key_id, previous, report.threshold)])
-            except BaseException:
-                self.index.set_threshold(previous)
-                raise
+            self._store_setting("threshold", report.threshold, key_id)
         return report
 
     def calibrate_margin(self, val_entries: Sequence[ProductImage], target_wrong: float, *,
@@ -329,14 +323,20 @@ class Gallery:
         vectors = embed_entries(self.embedder, val_entries)
         with self._changing():
             report = choose_margin(self.index, vectors, [str(e.sku) for e in val_entries], target_wrong)
-            previous = self.index.margin
-            self.index.set_margin(report.margin)
-            try:
-                self.save([_audit("margin", CALIBRATION_SKU, key_id, previous, report.margin)])
-            except BaseException:
-                self.index.set_margin(previous)
-                raise
+            self._store_setting("margin", report.margin, key_id)
         return report
+
+    def _store_setting(self, name: str, value: float, key_id: str | None) -> None:
+        """Set the index's ``threshold`` or ``margin`` and save with an audit row (old and new value in the price
+        columns); put back if saving fails. The caller holds :meth:`_changing`."""
+        previous = getattr(self.index, name)
+        setter = getattr(self.index, f"set_{name}")
+        setter(value)
+        try:
+            self.save([_audit(name, CALIBRATION_SKU, key_id, previous, value)])
+        except BaseException:
+            setter(previous)
+            raise
 
     # -------------------------------------------------------------------- reading
     def __len__(self) -> int:

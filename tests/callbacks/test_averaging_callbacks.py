@@ -10,16 +10,13 @@ from omegaconf import OmegaConf
 from src.callbacks.averaging import EMAWeights, LastEpochsAverage
 from src.utils.checkpoint import CONFIG_KEY, StoreConfigInCheckpoint
 
-import importlib.util
-from pathlib import Path
 
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from src.data import keys
 from src.models.classifier import ClassificationSystem
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "average_checkpoints.py"
+from tests.script_loader import load_script
 
 
 def system():
@@ -35,13 +32,6 @@ def loader(shuffle=True):
     ds = TensorDataset(x, y)
     collate = lambda b: {keys.IMAGE: torch.stack([i[0] for i in b]), keys.LABEL: torch.stack([i[1] for i in b])}  # noqa
     return DataLoader(ds, batch_size=4, shuffle=shuffle, collate_fn=collate)
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("average_checkpoints", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def fit(tmp_path, callback, epochs=3):
@@ -70,7 +60,7 @@ def test_last_epochs_average_is_mean_of_saved_epochs(tmp_path):
     # the model itself keeps its final weights
     assert torch.equal(model.state_dict()["net.0.weight"], saved[-1]["net.0.weight"])
 
-    out = load_script().main([str(tmp_path / "checkpoints"), "--last", "2", "--out", str(tmp_path / "s.ckpt")])
+    out = load_script("average_checkpoints").main([str(tmp_path / "checkpoints"), "--last", "2", "--out", str(tmp_path / "s.ckpt")])
     by_script = torch.load(out, weights_only=True)
     assert by_script[CONFIG_KEY] == avg[CONFIG_KEY]
     for k, v in avg["state_dict"].items():

@@ -6,13 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 
 from src.data.fashion_mnist import DEFAULT_RAW_DIR
 from src.data.readers import read_image_list
 from src.eval import evaluate
 from src.train import train
 from src.utils import resolvers  # noqa: F401
+from tests.script_loader import load_script
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 TINY_STYLE = ["+data.source.num_train=42", "+data.source.num_val=14", "+data.source.num_test=14",
@@ -124,13 +124,7 @@ def test_fashion_mnist_fast_dev_run(tmp_path, data_dir):
 
 
 def _script(name):
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(name)
 
 
 def test_ensemble_and_onnx_export_scripts_on_trained_checkpoints(baseline, tmp_path):

@@ -5,7 +5,6 @@ outputs so none can rot in git."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import sys
@@ -19,6 +18,7 @@ from nbclient import NotebookClient
 
 from src.train import train
 from tests.conftest import TINY_WORLD, TINY_WORLD_OVERRIDES, compose_cfg
+from tests.script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
@@ -157,10 +157,7 @@ def test_price_counter_photo_with_ground_truth_boxes(run_dir):
 
 
 def strip_script():
-    spec = importlib.util.spec_from_file_location("strip_notebooks", ROOT / "scripts" / "strip_notebooks.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("strip_notebooks")
 
 
 def test_strip_script_clears_an_executed_notebook(tmp_path):
@@ -181,7 +178,7 @@ def test_price_counter_photo_with_a_detector_checkpoint(run_dir, tmp_path):
     from src.utils.checkpoint import CONFIG_KEY
 
     config = {"model": {"_target_": "src.models.detection.DetectionSystem", "class_agnostic": True,
-                        "model": {"_target_": "src.models.detectors.torchvision_models.fasterrcnn_timm",
+                        "net": {"_target_": "src.models.detectors.torchvision_models.fasterrcnn_timm",
                                   "backbone_name": "resnet18", "num_classes": 2, "out_indices": [2, 3, 4],
                                   "fpn_channels": 32, "pretrained": False},
                         "optimizer": {"_target_": "torch.optim.AdamW", "_partial_": True}},

@@ -2,21 +2,15 @@
 model.net (the Fashion-MNIST SmallCNN, the Lite0 classifier) at its own image size, and what it times as ONNX
 Runtime computes the same logits (Lite0's TF-"SAME" padding is computed from the input size at export)."""
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_classification_fps.py"
+from tests.script_loader import load_script
 
 
 def script():
-    spec = importlib.util.spec_from_file_location("bench_classification_fps", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench_classification_fps")
 
 
 def test_experiment_nets_are_built_at_their_image_size():

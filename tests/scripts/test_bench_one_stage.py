@@ -1,17 +1,11 @@
 """scripts/bench_one_stage.py: one tiny run writes its table section into the latency README, a second run
 replaces that section and keeps everything else (the Faster R-CNN tables of bench_detection.py)."""
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_one_stage.py"
+from tests.script_loader import load_script
 
 
 def script():
-    spec = importlib.util.spec_from_file_location("bench_one_stage", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench_one_stage")
 
 
 def test_tiny_run_writes_and_replaces_its_section(tmp_path):

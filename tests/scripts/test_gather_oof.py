@@ -1,22 +1,16 @@
 """scripts/gather_oof.py: fold prediction files under a multirun folder -> one soft-label .npz (+ .csv)."""
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from src.data.readers import DataFormatError
 from src.data.soft_labels import load_soft_labels
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gather_oof.py"
+from tests.script_loader import load_script
 
 
 def script():
-    spec = importlib.util.spec_from_file_location("gather_oof", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("gather_oof")
 
 
 def write_fold(folder, uids, probs, labels):

@@ -1,23 +1,17 @@
 """scripts/recognition_demo.py: which checkpoint a run directory stands for (moved runs included)."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
+from tests.script_loader import load_script
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 EMB, DET = "src.models.embedding.EmbeddingSystem", "src.models.detection.DetectionSystem"
 
 
 def script():
-    sys.path.insert(0, str(SCRIPTS))  # the script imports its sibling eval_checkout
-    spec = importlib.util.spec_from_file_location("recognition_demo", SCRIPTS / "recognition_demo.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("recognition_demo")  # it imports its sibling eval_checkout
 
 
 def fake_run(run: Path, target: str, best: str, recorded_root: Path | None = None) -> Path:
