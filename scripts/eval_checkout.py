@@ -75,7 +75,7 @@ def main(argv=None) -> None:
                         "training SKUs: optimistic for an embedder trained on their counter crops)")
     p.add_argument("--gallery-views", nargs="*", default=None,
                    help="views to enrol catalogue images with (none given: no views; default: the checkpoint's "
-                        "recognition.gallery_views)")
+                        "inference.gallery_views)")
     p.add_argument("--out", default="experiments/checkout")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: OpenMP threads spin against other jobs on a shared 2-core machine)")
