@@ -64,6 +64,21 @@ def timed(fn) -> float:
     return (time.perf_counter() - t) * 1000
 
 
+def time_runners(runners: dict, args, row: dict) -> None:
+    """``args.warmup`` then ``args.reps`` runs of each runner, alternating run by run so that eager and ONNX see
+    the same share of a shared machine's load; every time, the min and the median (ms) go into ``row``."""
+    with torch.inference_mode():
+        for fn in runners.values():
+            for _ in range(args.warmup):
+                fn()
+        times = {k: [] for k in runners}
+        for _ in range(args.reps):
+            for k, fn in runners.items():
+                times[k].append(timed(fn))
+    for k, ts in times.items():
+        row[f"{k}_all"], row[f"{k}_min"], row[f"{k}_median"] = ts, min(ts), statistics.median(ts)
+
+
 @torch.no_grad()
 def calibrate_bn(model: torch.nn.Module, short_side: int, n: int = 4) -> None:
     """BatchNorm running statistics from `n` other scenes (cumulative average). Freshly initialised statistics
@@ -131,17 +146,7 @@ def bench(name: str, size: int, threads: int, args, tmp: Path) -> dict:
             traceback.print_exc()
         finally:
             path.unlink(missing_ok=True)
-    # Eager and ONNX alternate run by run, so both see the same share of a shared machine's load.
-    with torch.inference_mode():
-        for fn in runners.values():
-            for _ in range(args.warmup):
-                fn()
-        times = {k: [] for k in runners}
-        for _ in range(args.reps):
-            for k, fn in runners.items():
-                times[k].append(timed(fn))
-    for k, ts in times.items():
-        row[f"{k}_all"], row[f"{k}_min"], row[f"{k}_median"] = ts, min(ts), statistics.median(ts)
+    time_runners(runners, args, row)
     return row
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import torch  # noqa: E402
 
-from bench_detection import ANCHOR_MS, _version, calibrate_bn, run_grid, scene_image, timed  # noqa: E402
+from bench_detection import (ANCHOR_MS, _version, calibrate_bn, run_grid, scene_image, time_runners,  # noqa: E402
+                             timed)
 from src.inference.onnx import export_detector_onnx  # noqa: E402
 
 OUT = ROOT / "experiments/detection_latency/README.md"
@@ -104,21 +104,12 @@ def bench(name: str, size: int, threads: int, args, tmp: Path) -> dict:
                          f", scores {float((scores - ref['scores']).abs().max()) if same and len(boxes) else 0:.1e}"
                          if same else f"{len(boxes)} ONNX vs {len(ref['boxes'])} eager boxes")
     runners = {"eager": lambda: model([image]), "onnx": lambda: sess.run(None, feed)}
-    with torch.inference_mode():
-        for fn in runners.values():
-            for _ in range(args.warmup):
-                fn()
-        times = {k: [] for k in runners}
-        for _ in range(args.reps):
-            for k, fn in runners.items():
-                times[k].append(timed(fn))
-        # Where eager time goes: the backbone (body + FPN) alone on the padded input.
+    time_runners(runners, args, row)
+    with torch.inference_mode():  # where eager time goes: the backbone (body + FPN) alone on the padded input
         padded = model.transform([image])[0].tensors
         model.backbone(padded)  # warm-up
         row["eager_backbone_min"] = min(timed(lambda: model.backbone(padded)) for _ in range(args.reps))
     path.unlink(missing_ok=True)
-    for k, ts in times.items():
-        row[f"{k}_all"], row[f"{k}_min"], row[f"{k}_median"] = ts, min(ts), statistics.median(ts)
     return row
 
 
