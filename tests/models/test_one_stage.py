@@ -3,20 +3,17 @@ torchvision's detection contract, its recipes through src.train, checkpoint and 
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from src.models.detection import DetectionSystem
 from src.models.detectors.one_stage import FCOSDetector, fcos
 from src.models.detectors.torchvision_models import NoResizeTransform, foreground_classes
 
 LOSS_KEYS = {"classification", "bbox_regression", "bbox_ctrness"}
-# DetectionSystem's network argument (and config key): `model`, being renamed `net`; these tests take either.
-NET_KEY = "net" if "net" in inspect.signature(DetectionSystem.__init__).parameters else "model"
+NET_KEY = "net"  # DetectionSystem's network argument and config key
 
 
 def _images_and_targets():
@@ -27,9 +24,13 @@ def _images_and_targets():
     return images, targets
 
 
-def test_train_mode_finite_losses_and_every_parameter_gets_a_gradient():
+@pytest.mark.parametrize("separable", [False, True])
+def test_train_mode_finite_losses_and_every_parameter_gets_a_gradient(separable):
     torch.manual_seed(0)
-    model = fcos(num_classes=3, fpn_channels=32, num_convs=1)  # random body, BN trainable: all of it learns
+    # random body, BN trainable: all of it learns
+    model = fcos(num_classes=3, fpn_channels=32, num_convs=1, separable=separable)
+    tower = model.head.classification_head.conv
+    assert any(isinstance(m, torch.nn.Conv2d) and m.groups == 32 for m in tower.modules()) == separable
     assert isinstance(model.transform, NoResizeTransform)
     assert model.num_classes == foreground_classes(model) == 3  # DetectionSystem's class-count check reads this
     assert model.head.classification_head.cls_logits.out_channels == 3  # one column per class, no background
@@ -74,13 +75,13 @@ def test_eval_boxes_in_the_input_pixels_labels_one_to_c():
 
 
 def test_onnx_export_matches_eager_at_other_sizes(tmp_path):
-    """Exported at 160x213, ONNX Runtime returns eager's boxes (1e-2 px), scores (1e-4) and labels at that
+    """Exported at 160x213, ONNX Runtime returns eager's scores (1e-4), boxes (1e-2 px) and labels at that
     size and at others (each photo keeps its aspect ratio). Before src.nn.pretrained.TraceableSamePadConv2d the
     Lite body's padding was baked in at the export size: boxes 255 px off at another size."""
     from src.inference.onnx import OrtDetectorModel, export_detector_onnx
 
     torch.manual_seed(0)
-    model = fcos(num_classes=3, pretrained=True, frozen_bn=True).eval()
+    model = fcos(num_classes=3, pretrained=True, frozen_bn=True, separable=True).eval()  # the recipes' head
     path = export_detector_onnx(model, tmp_path / "fcos.onnx", torch.rand(3, 160, 213))
     ort_model = OrtDetectorModel(path, threads=1)
     for h, w in [(160, 213), (128, 160), (104, 139)]:
@@ -89,9 +90,12 @@ def test_onnx_export_matches_eager_at_other_sizes(tmp_path):
             ref = model([image])[0]
         got = ort_model([image])[0]
         assert len(ref["boxes"]) > 10 and got["boxes"].shape == ref["boxes"].shape, (h, w)
-        torch.testing.assert_close(got["boxes"], ref["boxes"], atol=1e-2, rtol=0)
         torch.testing.assert_close(got["scores"], ref["scores"], atol=1e-4, rtol=0)
-        assert torch.equal(got["labels"], ref["labels"])
+        # A random head scores locations alike (gaps down to 2e-8): boxes whose scores tie within float noise
+        # may come in either order. Each ONNX box is an eager box of the same label and a tying score.
+        for box, score, label in zip(got["boxes"], got["scores"], got["labels"]):
+            tie = ((ref["scores"] - score).abs() < 1e-5) & (ref["labels"] == label)
+            assert float((ref["boxes"][tie] - box).abs().amax(1).min()) < 1e-2, (h, w, box)
 
 
 def test_checkpoint_rebuilds_without_the_pretrained_download_and_serves(tmp_path):

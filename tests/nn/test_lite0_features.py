@@ -40,6 +40,15 @@ def test_onnx_export_is_right_at_other_input_sizes(tmp_path):
     assert any(isinstance(m, TraceableSamePadConv2d) for m in body.modules())
     path = _export(body, (torch.rand(1, 3, 96, 128),), tmp_path / "body.onnx", input_names=["x"],
                    output_names=["p3", "p4", "p5"], dynamic_axes={"x": {2: "h", 3: "w"}}, opset=17)
+    # One Conv(auto_pad=SAME_UPPER) per padded conv, no shape-computed Pad: those Pads (and the layout reorders
+    # ONNX Runtime put around them) were ~1/3 of FCOS Lite0's time at 320 px (experiments/detection_latency).
+    import onnx
+
+    nodes = onnx.load(str(path)).graph.node
+    assert not [n.name for n in nodes if n.op_type == "Pad"]
+    same_upper = [n for n in nodes if n.op_type == "Conv"
+                  and any(a.name == "auto_pad" and a.s == b"SAME_UPPER" for a in n.attribute)]
+    assert len(same_upper) == sum(isinstance(m, TraceableSamePadConv2d) for m in body.modules())
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for h, w in [(96, 128), (64, 96), (75, 101)]:
         x = torch.rand(1, 3, h, w)
