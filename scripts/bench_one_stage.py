@@ -40,11 +40,21 @@ START, END = "<!-- bench_one_stage: start -->", "<!-- bench_one_stage: end -->"
 # FCOS with other timm bodies, for latency only: no ImageNet weights install offline for them (random weights,
 # BatchNorm calibrated; a random head is post-processing's worst case, see above).
 BODIES = {"fcos_lcnet100": "lcnet_100", "fcos_mnv3l": "mobilenetv3_large_100"}
-MODELS = ["fcos_lite0", "frcnn_mnv3_p150", *BODIES]
+MODELS = ["fcos_lite0", "frcnn_mnv3_p150", "frcnn_mnv3", *BODIES]
 
 
-def build(name: str, size: int, fcos_ckpt: Path | None) -> tuple[torch.nn.Module, str]:
+def build(name: str, size: int, fcos_ckpt: Path | None, frcnn_ckpt: Path | None = None
+          ) -> tuple[torch.nn.Module, str]:
     torch.manual_seed(0)
+    if name.startswith("frcnn") and frcnn_ckpt is not None:  # e.g. experiment=frcnn_mnv3_counter's checkpoint
+        from src.inference.checkpoint import load_network
+
+        model = load_network(frcnn_ckpt, None)[0].eval()
+        if name == "frcnn_mnv3_p150":  # torchvision's mobilenet_v3_large_320_fpn preset; as trained otherwise
+            model.rpn._pre_nms_top_n["testing"] = model.rpn._post_nms_top_n["testing"] = 150
+        return model, f"trained ({frcnn_ckpt.name})"
+    if name == "frcnn_mnv3":
+        raise SystemExit("--models frcnn_mnv3 (the proposals it was trained with) needs --frcnn-ckpt")
     if name in BODIES:
         from src.models.detectors.one_stage import fcos
 
@@ -70,17 +80,19 @@ def build(name: str, size: int, fcos_ckpt: Path | None) -> tuple[torch.nn.Module
 def describe(model: torch.nn.Module) -> str:
     if hasattr(model, "head") and hasattr(model.head, "classification_head"):
         fpn = model.backbone.fpn.layer_blocks[0][0].out_channels
-        convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.head.classification_head.conv)
+        tower = model.head.classification_head.conv
+        convs = sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for m in tower)
+        kind = "separable" if any(isinstance(m, torch.nn.Conv2d) and m.groups > 1 for m in tower) else "conv"
         body = getattr(model.backbone.body, "pretrained_cfg", {}).get("architecture", "Lite0")
-        return f"FCOS {body}, FPN {fpn} ch P3-P6, {convs}-conv towers"
-    return "Faster R-CNN MobileNetV3-L FPN, 150 proposals"
+        return f"FCOS {body}, FPN {fpn} ch P3-P6, {convs}-{kind} towers"
+    return f"Faster R-CNN MobileNetV3-L FPN, {model.rpn._post_nms_top_n['testing']} proposals"
 
 
 def bench(name: str, size: int, threads: int, args, tmp: Path) -> dict:
     import onnxruntime as ort
 
     torch.set_num_threads(threads)
-    model, weights = build(name, size, args.fcos_ckpt)
+    model, weights = build(name, size, args.fcos_ckpt, args.frcnn_ckpt)
     image = scene_image(size)
     if args.square:  # PicoDet's benchmark shape (320x320): the middle of the 4:3 scene
         left = (image.shape[2] - size) // 2
@@ -179,6 +191,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--fcos-ckpt", type=Path, default=None, help="a trained DetectionSystem checkpoint of FCOS")
+    ap.add_argument("--frcnn-ckpt", type=Path, default=None,
+                    help="a trained Faster R-CNN MobileNetV3 checkpoint (frcnn_mnv3_counter) for the frcnn rows")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     command = ".venv/bin/python scripts/bench_one_stage.py " + " ".join(argv if argv is not None else sys.argv[1:])
