@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
     images = [s.image() for s in scenes]
     res["photo_shape"] = sorted({f"{im.shape[1]}x{im.shape[0]}" for im in images})
     with tempfile.TemporaryDirectory() as tmp:
-        exports = {k: export_checkpoint(getattr(args, k), Path(tmp) / f"{k}.onnx")
+        exports = {k: export_checkpoint(getattr(args, k), Path(tmp) / f"{k}.onnx",
+                                        example_image=None if k == "embedder" else images[0])
                    for k in ("embedder", "detector", "fcos")}
         res["onnx_export_checks"] = {k: {x: v for x, v in r.items() if x not in ("onnx", "settings", "kind")}
                                      for k, r in exports.items()}

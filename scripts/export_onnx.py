@@ -27,8 +27,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--image-size", type=int, help="detectors: the example's shorter side (default: eval_size); "
                     "others: the probe image size for a size-keeping transform")
     ap.add_argument("--no-fuse", action="store_true", help="keep BatchNorm layers (embedders, classifiers)")
+    ap.add_argument("--example-image", help="detectors: a photo to trace on, one the detector finds products in "
+                    "(default: random pixels, which a trained Faster R-CNN may find nothing in: refused)")
     args = ap.parse_args(argv)
-    report = export_checkpoint(args.ckpt, args.out, fuse=not args.no_fuse, image_size=args.image_size)
+    example = None
+    if args.example_image:
+        from src.data.images import read_rgb
+
+        example = read_rgb(args.example_image)
+    report = export_checkpoint(args.ckpt, args.out, fuse=not args.no_fuse, image_size=args.image_size,
+                               example_image=example)
     print(json.dumps(report, indent=1))
     return report
 

@@ -21,16 +21,31 @@ __all__ = ["export_checkpoint"]
 
 
 def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, *, fuse: bool = True,
-                      image_size: int | None = None) -> dict:
+                      image_size: int | None = None, example_image: np.ndarray | None = None) -> dict:
     """Write ``out`` (.onnx) and ``<out stem>.inference.json``; returns what was written and the largest
-    difference from eager on a random input (embedder / classifier) or the matched boxes (detector)."""
+    difference from eager on a random input (embedder / classifier) or the matched boxes (detector).
+
+    Detectors are traced on ``example_image`` (HxWx3 uint8 RGB, resized as served) or else on random pixels,
+    and the example must give boxes: torchvision's Faster R-CNN traces its no-proposal path on an image where
+    it finds nothing, and that file fails on every real photo (a trained counter detector on random pixels)."""
     net, settings = load_network(ckpt, None)
     torch.manual_seed(0)
     if settings.kind == "detector":
         size = image_size or settings.eval_size or 320
-        example = torch.rand(3, size, size * 4 // 3)
+        if example_image is None:
+            example = torch.rand(3, size, size * 4 // 3)
+        else:
+            from src.data.images import resize_shorter_side
+
+            resized, _ = resize_shorter_side(example_image, size, settings.max_size)
+            example = torch.from_numpy(resized.transpose(2, 0, 1).copy()).float().div(255)
         with torch.inference_mode():
             ref = net([example])[0]
+        if not len(ref["boxes"]):
+            raise ValueError(f"{ckpt}: the detector finds no box on the export example "
+                             f"({'random pixels' if example_image is None else 'the example image'}); traced so, "
+                             "the ONNX file would fail on real photos. Export with an example photo it finds "
+                             "products in (scripts/export_onnx.py --example-image).")
         path = export_detector_onnx(net, out, example)
         got = OrtDetectorModel(path)([example])[0]
         report = {"eager_boxes": int(len(ref["boxes"])), "onnx_boxes": int(len(got["boxes"])),

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TRAINING_ONLY = ("lightning", "pytorch_lightning", "hydra", "omegaconf", "pytorch_metric_learning")
 
 
-def write_detector_checkpoint(path: Path) -> Path:
+def write_detector_checkpoint(path: Path, **net_kwargs) -> Path:
     """A DetectionSystem checkpoint as src.train writes it (network under `model.net`, inference settings),
     random weights: a 0.1M-channel Faster R-CNN over a timm ResNet-18."""
     from hydra.utils import instantiate
@@ -32,7 +32,7 @@ def write_detector_checkpoint(path: Path) -> Path:
     from src.inference.settings import CHECKPOINT_KEY
 
     net_cfg = {"_target_": "src.models.detectors.torchvision_models.fasterrcnn_timm", "backbone_name": "resnet18",
-               "num_classes": 2, "out_indices": [2, 3, 4], "fpn_channels": 32, "pretrained": False}
+               "num_classes": 2, "out_indices": [2, 3, 4], "fpn_channels": 32, "pretrained": False, **net_kwargs}
     config = {"model": {"_target_": "src.models.detection.DetectionSystem", "net": net_cfg},
               "data": {"eval_size": 96, "max_size": 160},
               "inference": {"detection": {"score_threshold_image": 0.3}}}
@@ -52,6 +52,19 @@ def exported(tmp_path_factory):
     emb = export_checkpoint(emb_ckpt, tmp / "emb.onnx")
     det = export_checkpoint(det_ckpt, tmp / "det.onnx")
     return tmp, emb_ckpt, det_ckpt, emb, det
+
+
+def test_export_refuses_an_example_it_finds_nothing_in(tmp_path):
+    """Traced on an image without a box, torchvision's Faster R-CNN records its no-proposal path and the file
+    fails on every real photo (seen with a trained counter detector on random pixels): refused, nothing written.
+    An example photo is resized as served and traced on."""
+    ckpt = write_detector_checkpoint(tmp_path / "none.ckpt", box_score_thresh=1.0)  # no box can pass
+    with pytest.raises(ValueError, match="finds no box on the export example"):
+        export_checkpoint(ckpt, tmp_path / "none.onnx")
+    assert not (tmp_path / "none.onnx").exists()
+    ckpt = write_detector_checkpoint(tmp_path / "det.ckpt")
+    report = export_checkpoint(ckpt, tmp_path / "det.onnx", example_image=counter_photo(CATALOGUE[:3])[0])
+    assert report["eager_boxes"] == report["onnx_boxes"] > 0 and report["max_box_diff"] < 1e-2
 
 
 def test_export_writes_settings_and_matches_eager(exported):
