@@ -1,7 +1,7 @@
 """Export a trained embedder, classifier or detector to ONNX, with its inference settings next to it, and
 check it against eager with ONNX Runtime (src/inference/export.py).
 
-    python scripts/export_onnx.py <ckpt> --out model.onnx [--image-size N] [--no-fuse]
+    python scripts/export_onnx.py <ckpt> --out model.onnx [--image-size N] [--no-fuse] [--example-image PHOTO]
 
 Serve the result like the checkpoint: `python -m src.service --embedder model.onnx ...`.
 """
