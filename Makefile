@@ -38,14 +38,15 @@ install-fashion-mnist:
 demo: $(ENV_STAMP)
 	$(PY) -m src.train experiment=lite0_retail $(ARGS)
 
-# The recognition system end to end (experiments/recognition_demo): trains the checkout embedder and detector
-# unless their runs exist (~27 min on 2 idle CPU cores), then gallery -> receipt -> a new product added without
-# retraining -> receipts of all val photos -> live-stream matching.
+# The recognition system end to end (experiments/recognition_demo): trains the checkout embedder, its FCOS detector
+# and the live step's Faster R-CNN unless their runs exist (~33 min on 2 idle CPU cores), then gallery -> receipt ->
+# a new product added without retraining -> receipts of all val photos -> live-stream matching.
 RECOG := outputs/recognition_demo
 recognition-demo: $(ENV_STAMP)
 	test -f $(RECOG)/embedder/train_summary.json || $(PY) -m src.train experiment=recognition_embedder logger=csv hydra.run.dir=$(RECOG)/embedder
+	test -f $(RECOG)/detector_fcos/train_summary.json || $(PY) -m src.train experiment=fcos_lite0_mainbody logger=csv hydra.run.dir=$(RECOG)/detector_fcos
 	test -f $(RECOG)/detector/train_summary.json || $(PY) -m src.train experiment=recognition_detector logger=csv hydra.run.dir=$(RECOG)/detector
-	$(PY) scripts/recognition_demo.py --embedder $(RECOG)/embedder --detector $(RECOG)/detector $(ARGS)
+	$(PY) scripts/recognition_demo.py --embedder $(RECOG)/embedder --detector $(RECOG)/detector_fcos --live-detector $(RECOG)/detector $(ARGS)
 
 train: $(ENV_STAMP)
 	$(PY) -m src.train $(ARGS)
