@@ -8,7 +8,7 @@ Same image, timing and ORT settings as scripts/bench_detection.py (a retail-worl
 side, 4:3; eager and ORT alternate run by run; the minimum of --reps runs, with the median). FCOS: the packaged
 ImageNet Lite0 body with a random head, or a trained checkpoint (`--fcos-ckpt`). The work of FCOS's dense pass is
 fixed by the image size; only its post-processing depends on the weights: a random head scores every location
-near sqrt(0.01 * 0.5) = 0.07 > score_thresh 0.05, so all top-1000 candidates per level go to NMS (the worst case),
+near sqrt(0.01 * 0.5) = 0.07 > score_thresh 0.05, so all top candidates of every level go to NMS (the worst case),
 while a trained head passes few. Faster R-CNN: random weights, BatchNorm calibrated (bench_detection.calibrate_bn);
 its 150 proposals go through the box head whatever the weights.
 Writes (or replaces) its section of experiments/detection_latency/README.md, between markers.
