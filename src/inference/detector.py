@@ -22,7 +22,7 @@ from torch import nn
 
 from src.data.images import check_rgb_image, resize_shorter_side
 
-__all__ = ["Detections", "Detector", "DetectorLike", "WholeImageDetector", "load_detector"]
+__all__ = ["Detections", "Detector", "DetectorLike", "WholeImageDetector", "detector_input", "load_detector"]
 
 
 @dataclass
@@ -57,6 +57,14 @@ class WholeImageDetector:
         return [self.detect(im) for im in images]
 
 
+def detector_input(image: np.ndarray, eval_size: int | None, max_size: int | None
+                   ) -> tuple[torch.Tensor, tuple[float, float]]:
+    """An RGB uint8 photo as a detector sees it: shorter side resized to ``eval_size`` (longer side capped at
+    ``max_size``), CHW float in [0, 1]; and the (x, y) scale back to the photo's pixels."""
+    image, scale = resize_shorter_side(image, eval_size, max_size)
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255), scale
+
+
 class Detector:
     """A torchvision-contract detector in eval mode.
 
@@ -86,9 +94,7 @@ class Detector:
         self.categories: list | None = None  # COCO categories: label i + 1 = categories[i]
 
     def _to_tensor(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[float, float]]:
-        image, scale = resize_shorter_side(image, self.eval_size, self.max_size)
-        t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255)
-        return t, scale
+        return detector_input(image, self.eval_size, self.max_size)
 
     def _finish(self, pred: dict, scale: tuple[float, float], hw: tuple[int, int]) -> Detections:
         scores = pred["scores"].detach().float().cpu().numpy()

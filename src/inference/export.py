@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from src.inference.checkpoint import load_network
+from src.inference.detector import detector_input
 from src.inference.embedder import compute_fingerprint
 from src.inference.onnx import OrtDetectorModel, OrtModel, export_detector_onnx, export_onnx
 from src.inference.settings import write_sidecar
@@ -35,10 +36,7 @@ def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, *, fuse: 
         if example_image is None:
             example = torch.rand(3, size, size * 4 // 3)
         else:
-            from src.data.images import resize_shorter_side
-
-            resized, _ = resize_shorter_side(example_image, size, settings.max_size)
-            example = torch.from_numpy(resized.transpose(2, 0, 1).copy()).float().div(255)
+            example, _ = detector_input(example_image, size, settings.max_size)  # as src.inference serves it
         with torch.inference_mode():
             ref = net([example])[0]
         if not len(ref["boxes"]):
